@@ -1,0 +1,183 @@
+"""The model contract: ``config.json`` beside the ONNX file, read by training, evaluation and serving.
+
+Everything about how to feed the model (labels, input tensor, preprocessing) is written down once, here in
+``config.json``; no other module repeats it. This module is pure stdlib/numpy so serving can import it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+
+ColorMode = Literal["L", "RGB"]
+ResizeMethod = Literal["bilinear", "bicubic", "nearest", "lanczos"]
+
+
+class ContractError(ValueError):
+    """The model folder, its config.json or its ONNX file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The ONNX input tensor: name, layout and static per-sample shape."""
+
+    name: str = "pixel_values"
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+    channels: int = 1
+    height: int = 48
+    width: int = 48
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a face image becomes the input tensor: ``((resize(img) * scale) - mean) / std`` per channel.
+
+    ``face_margin`` is the fraction of the detected face box added on every side before the square crop,
+    so that detector crops look like the training crops (FER2013 faces include forehead and chin).
+    """
+
+    color_mode: ColorMode = "L"
+    resize: ResizeMethod = "bilinear"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    face_margin: float = 0.15
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The ONNX output tensor: ``[batch, len(labels)]`` unnormalised class scores."""
+
+    name: str = "logits"
+    meaning: Literal["logits"] = "logits"
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Everything a consumer needs to run the model correctly. Serialised as ``config.json``."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    input: InputSpec = field(default_factory=InputSpec)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    onnx_file: str = "model.onnx"
+    architecture: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ContractError("config.json: 'labels' must name at least one class")
+        if len(set(self.labels)) != len(self.labels):
+            raise ContractError(f"config.json: 'labels' has duplicates: {list(self.labels)}")
+        channels = self.input.channels
+        expected = {"L": 1, "RGB": 3}[self.preprocessing.color_mode]
+        if channels != expected:
+            raise ContractError(
+                f"config.json: input.channels={channels} does not match "
+                f"preprocessing.color_mode={self.preprocessing.color_mode!r} ({expected} channel(s))"
+            )
+        for key in ("mean", "std"):
+            values = getattr(self.preprocessing, key)
+            if len(values) != channels:
+                raise ContractError(f"config.json: preprocessing.{key}={list(values)} needs {channels} value(s)")
+        if any(s <= 0 for s in self.preprocessing.std):
+            raise ContractError(f"config.json: preprocessing.std={list(self.preprocessing.std)} must be > 0")
+        if self.input.height <= 0 or self.input.width <= 0:
+            raise ContractError(f"config.json: input size {self.input.height}x{self.input.width} must be positive")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelContract:
+        try:
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                labels=tuple(str(label) for label in data["labels"]),
+                input=InputSpec(**data.get("input", {})),
+                preprocessing=_preprocessing_from_dict(data.get("preprocessing", {})),
+                output=OutputSpec(**data.get("output", {})),
+                onnx_file=str(data.get("onnx_file", "model.onnx")),
+                architecture=str(data.get("architecture", "")),
+            )
+        except KeyError as exc:
+            raise ContractError(f"config.json: missing key {exc.args[0]!r}") from None
+        except TypeError as exc:
+            raise ContractError(f"config.json: {exc}") from None
+
+    def save(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def _preprocessing_from_dict(data: dict[str, Any]) -> Preprocessing:
+    values = dict(data)
+    for key in ("mean", "std"):
+        if key in values:
+            values[key] = tuple(float(v) for v in values[key])
+    return Preprocessing(**values)
+
+
+def load_contract(model_dir: Path | str) -> ModelContract:
+    """Read ``config.json`` from a model folder; raise ContractError naming the problem."""
+    model_dir = Path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not model_dir.is_dir():
+        raise ContractError(f"model folder {str(model_dir)!r} does not exist")
+    if not path.is_file():
+        raise ContractError(f"model folder {str(model_dir)!r} has no {CONFIG_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ContractError(f"{path}: expected a JSON object")
+    contract = ModelContract.from_dict(data)
+    if not (model_dir / contract.onnx_file).is_file():
+        raise ContractError(f"model folder {str(model_dir)!r} has no ONNX file {contract.onnx_file!r}")
+    return contract
+
+
+def load_metrics(model_dir: Path | str) -> dict[str, Any] | None:
+    """The evaluation report shipped with the model, or None when there is none."""
+    path = Path(model_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def check_onnx_matches(contract: ModelContract, session: Any) -> None:
+    """Raise ContractError unless an ``onnxruntime.InferenceSession`` has the tensors the contract names."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    spec = contract.input
+    if spec.name not in inputs:
+        raise ContractError(f"ONNX file has no input {spec.name!r} (it has {sorted(inputs)})")
+    if contract.output.name not in outputs:
+        raise ContractError(f"ONNX file has no output {contract.output.name!r} (it has {sorted(outputs)})")
+    shape = inputs[spec.name].shape
+    expected = [spec.channels, spec.height, spec.width]
+    if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
+        raise ContractError(f"ONNX input {spec.name!r} has shape {shape}; config.json says [N, {', '.join(map(str, expected))}]")
+    out_shape = outputs[contract.output.name].shape
+    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != contract.num_classes):
+        raise ContractError(
+            f"ONNX output {contract.output.name!r} has shape {out_shape}; config.json lists {contract.num_classes} labels"
+        )
