@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 CONFIG_FILE = "config.json"
+# Inside a training checkpoint folder HF's own config.json is taken, so the contract travels under this name.
+CHECKPOINT_CONTRACT_FILE = "emotion_contract.json"
 METRICS_FILE = "metrics.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 
@@ -120,8 +122,8 @@ class ModelContract:
         except TypeError as exc:
             raise ContractError(f"config.json: {exc}") from None
 
-    def save(self, model_dir: Path) -> Path:
-        path = Path(model_dir) / CONFIG_FILE
+    def save(self, model_dir: Path, filename: str = CONFIG_FILE) -> Path:
+        path = Path(model_dir) / filename
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
@@ -134,14 +136,14 @@ def _preprocessing_from_dict(data: dict[str, Any]) -> Preprocessing:
     return Preprocessing(**values)
 
 
-def load_contract(model_dir: Path | str) -> ModelContract:
+def load_contract(model_dir: Path | str, filename: str = CONFIG_FILE, *, require_onnx: bool = True) -> ModelContract:
     """Read ``config.json`` from a model folder; raise ContractError naming the problem."""
     model_dir = Path(model_dir)
-    path = model_dir / CONFIG_FILE
+    path = model_dir / filename
     if not model_dir.is_dir():
         raise ContractError(f"model folder {str(model_dir)!r} does not exist")
     if not path.is_file():
-        raise ContractError(f"model folder {str(model_dir)!r} has no {CONFIG_FILE}")
+        raise ContractError(f"model folder {str(model_dir)!r} has no {filename}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -149,7 +151,7 @@ def load_contract(model_dir: Path | str) -> ModelContract:
     if not isinstance(data, dict):
         raise ContractError(f"{path}: expected a JSON object")
     contract = ModelContract.from_dict(data)
-    if not (model_dir / contract.onnx_file).is_file():
+    if require_onnx and not (model_dir / contract.onnx_file).is_file():
         raise ContractError(f"model folder {str(model_dir)!r} has no ONNX file {contract.onnx_file!r}")
     return contract
 

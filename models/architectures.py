@@ -1,0 +1,122 @@
+"""The networks: the ViT student (transformers DeiT with a distillation token) and the CNN teacher.
+
+Presets are named so that the training command, the checkpoint and the model card all say the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class VitPreset:
+    """Size of a DeiT student for small grayscale faces."""
+
+    patch_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    mlp_ratio: int = 4
+
+
+VIT_PRESETS: dict[str, VitPreset] = {
+    # 48x48 input: patch 4 -> 144 tokens, patch 6 -> 64 tokens (+ class and distillation tokens).
+    "tiny-p4": VitPreset(patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=3),
+    "tiny-p6": VitPreset(patch_size=6, hidden_size=192, num_hidden_layers=6, num_attention_heads=3),
+    "small-p6": VitPreset(patch_size=6, hidden_size=256, num_hidden_layers=8, num_attention_heads=4),
+    "narrow-p4": VitPreset(patch_size=4, hidden_size=128, num_hidden_layers=6, num_attention_heads=4),
+    "micro-p4": VitPreset(patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2),  # tests
+}
+
+
+def build_student(
+    preset: str,
+    labels: tuple[str, ...],
+    *,
+    image_size: int,
+    num_channels: int,
+    drop_path: float = 0.1,
+    pretrained_dir: str | None = None,
+) -> Any:
+    """A ``DeiTForImageClassificationWithTeacher`` from scratch, or loaded from a local checkpoint folder.
+
+    The labels are stored in the model config (``id2label``) so the checkpoint names its own classes.
+    """
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    if pretrained_dir is not None:
+        # A local folder only: no hub access at run time. Heads are re-initialised when the classes differ.
+        return DeiTForImageClassificationWithTeacher.from_pretrained(
+            pretrained_dir,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+            ignore_mismatched_sizes=True,
+            local_files_only=True,
+        )
+    if preset not in VIT_PRESETS:
+        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
+    p = VIT_PRESETS[preset]
+    if image_size % p.patch_size:
+        raise ValueError(f"image_size={image_size} is not a multiple of patch_size={p.patch_size} ({preset})")
+    config = DeiTConfig(
+        image_size=image_size,
+        patch_size=p.patch_size,
+        num_channels=num_channels,
+        hidden_size=p.hidden_size,
+        num_hidden_layers=p.num_hidden_layers,
+        num_attention_heads=p.num_attention_heads,
+        intermediate_size=p.hidden_size * p.mlp_ratio,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        drop_path_rate=drop_path,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id=label2id,
+    )
+    return DeiTForImageClassificationWithTeacher(config)
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TeacherCNN(nn.Module):
+    """A VGG-style CNN (about 1.2 M parameters) that learns FER quickly; used only to teach the ViT."""
+
+    def __init__(self, num_channels: int, num_classes: int, widths: tuple[int, ...] = (64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = num_channels
+        for width in widths:
+            layers += [_conv_block(c_in, width), nn.MaxPool2d(2)]
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(c_in, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # type: ignore[no-any-return]
+
+
+class LogitsOnly(nn.Module):
+    """Export wrapper: pixel_values -> logits (DeiT-with-teacher averages its class and distillation heads)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
