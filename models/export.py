@@ -1,0 +1,175 @@
+"""Export a training checkpoint folder to an fp32 ONNX model folder (``model.onnx`` + ``config.json``).
+
+The ONNX file takes ``pixel_values`` ``[batch, C, H, W]`` (dynamic batch) and returns ``logits``
+``[batch, classes]``. After export, onnxruntime and PyTorch logits are compared at batch 1 and 32 on real
+faces (when a dataset is given) or random inputs; the export fails when they differ by more than ``--atol``.
+
+    python -m models.export --checkpoint runs/vit/best --output runs/vit/onnx-fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.architectures import LogitsOnly
+from models.contract import CHECKPOINT_CONTRACT_FILE, CONFIG_FILE, ContractError, ModelContract, load_contract
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+
+
+def load_checkpoint(checkpoint_dir: Path | str) -> tuple[Any, ModelContract]:
+    """(the HF model in eval mode, its contract) from a folder written by ``save_pretrained`` + the contract."""
+    import transformers
+
+    checkpoint_dir = Path(checkpoint_dir)
+    contract = load_contract(checkpoint_dir, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
+    hf_config_path = checkpoint_dir / CONFIG_FILE
+    if not hf_config_path.is_file():
+        raise ContractError(f"checkpoint {str(checkpoint_dir)!r} has no HF {CONFIG_FILE}")
+    hf_config = json.loads(hf_config_path.read_text())
+    architectures = hf_config.get("architectures") or []
+    if not architectures or not hasattr(transformers, architectures[0]):
+        raise ContractError(f"{hf_config_path}: unknown architectures {architectures}")
+    model = getattr(transformers, architectures[0]).from_pretrained(checkpoint_dir, local_files_only=True)
+    id2label = model.config.id2label
+    hf_labels = tuple(id2label[i] for i in range(len(id2label)))
+    if hf_labels != contract.labels:
+        raise ContractError(
+            f"checkpoint {str(checkpoint_dir)!r}: HF id2label {list(hf_labels)} differs from "
+            f"{CHECKPOINT_CONTRACT_FILE} labels {list(contract.labels)}"
+        )
+    model.eval()
+    return model, contract
+
+
+def checkpoint_predictor(checkpoint_dir: Path | str, threads: int = 1) -> tuple[ModelContract, Any]:
+    """(contract, ``x -> logits`` numpy function) running the checkpoint in PyTorch."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    model, contract = load_checkpoint(checkpoint_dir)
+    wrapped = LogitsOnly(model).eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return wrapped(torch.from_numpy(x)).float().numpy()
+
+    return contract, predict
+
+
+def export_onnx(model: Any, contract: ModelContract, onnx_path: Path) -> Path:
+    """Write ``model`` (wrapped in LogitsOnly) as a single-file fp32 ONNX graph with a dynamic batch axis."""
+    spec = contract.input
+    example = torch.zeros(2, spec.channels, spec.height, spec.width, dtype=torch.float32)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter (dynamo=False) gives one self-contained file and a stable graph for this
+    # model; the dynamo exporter also works in torch 2.13 but writes external data unless told otherwise.
+    torch.onnx.export(
+        LogitsOnly(model).eval(),
+        (example,),
+        str(onnx_path),
+        input_names=[spec.name],
+        output_names=[contract.output.name],
+        dynamic_axes={spec.name: {0: "batch"}, contract.output.name: {0: "batch"}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path))
+    return onnx_path
+
+
+def parity(model: Any, onnx_path: Path, x: np.ndarray, contract: ModelContract) -> float:
+    """Max |logit difference| between PyTorch and onnxruntime on the float32 NCHW batch ``x``."""
+    from models.evaluate import make_session
+
+    session = make_session(onnx_path, threads=1)
+    with torch.inference_mode():
+        expected = LogitsOnly(model).eval()(torch.from_numpy(x)).numpy()
+    got = session.run([contract.output.name], {contract.input.name: x})[0]
+    return float(np.abs(np.asarray(got) - expected).max())
+
+
+def parity_inputs(contract: ModelContract, data_dir: Path | None, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """``n`` preprocessed real faces from ``data_dir``'s test split when available, else random pixels."""
+    from models.data import DatasetError
+    from models.evaluate import load_for_contract, preprocess
+
+    if data_dir is not None:
+        try:
+            faces = load_for_contract(data_dir, "test", contract)
+            rows = np.random.default_rng(seed).choice(len(faces), size=min(n, len(faces)), replace=False)
+            return preprocess(faces.images[np.sort(rows)], contract), f"{len(rows)} test faces"
+        except DatasetError as exc:
+            logger.warning("parity on random inputs: %s", exc)
+    spec = contract.input
+    shape = (n, spec.height, spec.width) if spec.channels == 1 else (n, spec.height, spec.width, spec.channels)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+    return preprocess(pixels, contract), f"{n} random images"
+
+
+@dataclass
+class ExportArguments:
+    """Command-line arguments of ``emotion export``."""
+
+    checkpoint: Path
+    output: Path
+    data_dir: Path | None = None
+    atol: float = 1e-4
+    onnx_file: str = "model.onnx"
+
+    def __post_init__(self) -> None:
+        if self.atol <= 0:
+            raise ValueError(f"--atol={self.atol} must be > 0")
+
+
+def _parse(argv: list[str] | None) -> ExportArguments:
+    parser = argparse.ArgumentParser(prog="emotion export", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint folder")
+    parser.add_argument("--output", type=Path, required=True, help="ONNX model folder to write")
+    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root for a parity check on real faces")
+    parser.add_argument("--atol", type=float, default=1e-4, help="max allowed |logit difference| torch vs ORT")
+    ns = parser.parse_args(argv)
+    return ExportArguments(ns.checkpoint, ns.output, ns.data_dir, ns.atol)
+
+
+def export(args: ExportArguments) -> dict[str, float]:
+    """Export, write config.json, and check parity; returns max |diff| per batch size. Raises on a failed check."""
+    model, contract = load_checkpoint(args.checkpoint)
+    onnx_path = export_onnx(model, contract, args.output / args.onnx_file)
+    replace(contract, onnx_file=args.onnx_file).save(args.output)
+    logger.info("wrote %s (%.2f MB) and %s", onnx_path, onnx_path.stat().st_size / 1e6, args.output / CONFIG_FILE)
+    x, what = parity_inputs(contract, args.data_dir, 32)
+    diffs = {f"batch_{n}": parity(model, onnx_path, x[:n], contract) for n in (1, 32)}
+    for name, diff in diffs.items():
+        sys.stdout.write(f"parity torch vs onnxruntime ({what}), {name}: max |logit diff| = {diff:.3e}\n")
+    worst = max(diffs.values())
+    if not worst <= args.atol:  # also catches NaN
+        raise ContractError(f"ONNX logits differ from PyTorch by {worst:.3e} > atol {args.atol:.1e}")
+    return diffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        export(_parse(argv))
+    except (ContractError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
