@@ -1,0 +1,94 @@
+"""The abstract locust user every HTTP scenario derives from: posts a payload and validates the answer.
+
+Outcomes per request: 200 with a body that passes the scenario's check -> success; 503 with ``Retry-After`` ->
+success under the name ``<name> [shed]`` (load shedding is the intended answer to overload); anything else
+(timeouts, connection errors, other statuses, invalid bodies) -> failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from locust import FastHttpUser
+
+from loadtests.checks import InvalidResponse, check_error
+from models.contract import DEFAULT_MODEL_DIR, ModelContract, load_contract
+
+SHED_SUFFIX = " [shed]"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on(event: Any) -> Callable[[F], F]:
+    """``@on(events.quitting)``: a typed stand-in for locust's untyped ``add_listener`` decorator."""
+
+    def register(listener: F) -> F:
+        event.add_listener(listener)
+        return listener
+
+    return register
+
+
+def model_dir() -> Path:
+    """The model the service is configured with: ``EMOTION_MODEL_DIR``, else the bundled model."""
+    return Path(os.environ.get("EMOTION_MODEL_DIR", DEFAULT_MODEL_DIR))
+
+
+@cache
+def local_contract() -> ModelContract:
+    return load_contract(model_dir(), require_onnx=False)
+
+
+class EmotionUser(FastHttpUser):
+    """Shared request + validation logic. Subclasses add ``@task`` methods that call ``post_checked``."""
+
+    abstract = True
+    network_timeout = 10.0  # a request slower than this is a timeout: a failure, never a shed
+    connection_timeout = 5.0
+    labels: tuple[str, ...] = ()
+    same_model = False  # the service runs the model in model_dir(): in-process answers are comparable
+
+    def on_start(self) -> None:
+        contract = local_contract()
+        self.labels = contract.labels
+        with self.client.get("/v1/model", name="GET /v1/model", catch_response=True) as resp:
+            info = resp.json() if resp.status_code == 200 else {}
+            served = info.get("labels")
+            if isinstance(served, list) and served:
+                self.labels = tuple(str(label) for label in served)
+            self.same_model = (info.get("name"), info.get("version")) == (contract.name, contract.version)
+
+    def post_checked(self, path: str, body: bytes, content_type: str, check: Callable[[Any], object]) -> None:
+        """POST ``body``; ``check(parsed_json)`` raises ``InvalidResponse`` (or any ValueError) for a wrong answer."""
+        name = f"POST {path}"
+        headers = {"content-type": content_type}
+        # locust's annotation omits bytes, which its docstring and geventhttpclient accept
+        post = self.client.post(path, data=body, headers=headers, name=name, catch_response=True)  # type: ignore[arg-type]
+        with post as resp:
+            if not resp.status_code:  # no HTTP answer: timeout, refused or reset connection
+                error = getattr(resp, "error", None) or resp.request_meta.get("exception")
+                resp.failure(f"{type(error).__name__}: {error}")
+            elif resp.status_code == 503 and resp.headers.get("retry-after") is not None:
+                resp.request_meta["name"] = name + SHED_SUFFIX
+                resp.success()
+            elif resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code} {_error_code(resp.text)}")
+            else:
+                try:
+                    check(resp.json())
+                except (InvalidResponse, ValueError, TypeError, AttributeError) as exc:
+                    resp.failure(f"invalid response: {exc}")
+                else:
+                    resp.success()
+
+
+def _error_code(text: str | None) -> str:
+    import json
+
+    try:
+        return check_error(json.loads(text or ""))
+    except (InvalidResponse, ValueError):
+        return "(no error body)"
