@@ -1,0 +1,37 @@
+"""Runtime-tunable batching knobs (``user_config``), validated the same way for every deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BatchConfig(BaseModel):
+    """``user_config`` of a batching deployment; ``reconfigure`` applies it without a restart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: Annotated[int, Field(ge=1, le=1024, description="Most images in one batch.")] = 16
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0, le=1.0, description="Wait for a batch to fill.")] = 0.005
+
+
+def apply_batch_config(batched_method: Any, config: BatchConfig) -> None:
+    """Push a BatchConfig into an @serve.batch method (its setters are not visible to type checkers)."""
+    batched_method.set_max_batch_size(config.max_batch_size)
+    batched_method.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+
+def count_images(items: Sequence[Sequence[Any]]) -> int:
+    """``batch_size_fn`` for @serve.batch: a queued call carries many images; count images, not calls."""
+    return sum(len(item) for item in items)
+
+
+def split_sizes(sizes: Sequence[int]) -> list[int]:
+    """Cut points to split a concatenated batch back into its calls."""
+    cuts, total = [], 0
+    for size in sizes[:-1]:
+        total += size
+        cuts.append(total)
+    return cuts

@@ -1,0 +1,124 @@
+"""``emotion``: one command line for the project. Subcommands dispatch lazily, so ``predict`` never imports Ray.
+
+Add a subcommand by adding a row to ``COMMANDS``: ``name -> (help, "module:function")``; the function takes the
+remaining argv list and returns an exit code (or None).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("start the service on an embedded local Ray instance", "serve.cli:serve_main"),
+    "predict": ("classify local image files in-process (onnxruntime, no Ray)", "serve.cli:predict_main"),
+    "train": ("train a model", "models.train:main"),
+    "evaluate": ("evaluate an ONNX model on a test split", "models.evaluate:main"),
+    "export": ("export a trained checkpoint to ONNX", "models.export:main"),
+    "quantize": ("quantize an ONNX model to int8", "models.quantize:main"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (help_, _) in COMMANDS.items()]
+        print("usage: emotion <command> [args...]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    module, _, func = COMMANDS[args[0]][1].partition(":")
+    try:
+        target = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as exc:
+        print(f"emotion {args[0]}: not available ({exc})", file=sys.stderr)
+        return 2
+    result = target(args[1:])
+    return int(result or 0)
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``emotion serve``: settings come from EMOTION_* variables; flags override host, port and model."""
+    parser = argparse.ArgumentParser(prog="emotion serve", description="Serve the model over HTTP (Ctrl-C stops).")
+    parser.add_argument("--host", help="listen address (EMOTION_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", help="listen port (EMOTION_PORT, default 8000)")
+    parser.add_argument("--model-dir", help="model folder (EMOTION_MODEL_DIR, default models/default)")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from models.contract import ContractError
+    from serve import local
+    from serve.settings import SettingsError, load_settings
+
+    overrides = {k: v for k, v in {"host": opts.host, "port": opts.port, "model_dir": opts.model_dir}.items() if v}
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        settings = load_settings(**overrides)
+        local.preflight(settings)
+        print(f"starting Ray and the service (model {settings.model_dir}) ...", flush=True)
+        url = local.start(settings)
+        print(f"ready: {url}  (API docs {url}/docs, metrics on port {settings.metrics_export_port}); Ctrl-C stops",
+              flush=True)  # fmt: skip
+        while not stop.wait(0.5):
+            pass
+        print("shutting down ...", flush=True)
+        return 0
+    except (SettingsError, ContractError, local.StartupError) as exc:
+        print(f"emotion serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        local.stop()
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """``emotion predict FILE...``: one JSON line per file, the same numbers the service returns."""
+    parser = argparse.ArgumentParser(prog="emotion predict", description="Classify face images in-process.")
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--model-dir", type=Path, help="model folder (default: EMOTION_MODEL_DIR or models/default)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    opts = parser.parse_args(argv)
+
+    from models.contract import ContractError
+    from serve.errors import ServiceError
+    from serve.imaging import decode_image
+    from serve.inference import OnnxClassifier, to_prediction
+    from serve.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(**({"model_dir": opts.model_dir} if opts.model_dir else {}))
+        clf = OnnxClassifier(settings.model_dir, intra_op_threads=opts.threads)
+    except (SettingsError, ContractError) as exc:
+        print(f"emotion predict: {exc}", file=sys.stderr)
+        return 1
+    failures = 0
+    for path in opts.files:
+        record: dict[str, object] = {"file": str(path)}
+        try:
+            pixels = decode_image(path.read_bytes(), clf.contract, max_pixels=settings.max_image_pixels)
+            pred = to_prediction(clf.predict_proba(pixels[None])[0], clf.labels)
+            record |= {"label": pred.label, "probabilities": pred.probabilities}
+        except OSError as exc:
+            failures += 1
+            record["error"] = {"code": "unreadable_file", "message": exc.strerror or str(exc)}
+        except ServiceError as exc:
+            failures += 1
+            record["error"] = {"code": exc.code, "message": exc.message}
+        print(json.dumps(record))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

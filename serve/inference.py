@@ -1,0 +1,116 @@
+"""Pure inference: normalise a uint8 batch per the model contract, run onnxruntime, softmax, label mapping.
+
+``OnnxClassifier`` is shared by the model deployment and ``emotion predict``, so the service and the in-process
+CLI compute the same numbers from the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.contract import ModelContract, check_onnx_matches, load_contract, load_metrics
+
+SessionFactory = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One face's answer: the top label and the probability of every class, in contract order."""
+
+    label: str
+    probabilities: dict[str, float]
+
+
+def normalise(batch: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 ``[N, C, H, W]``: ``(x * scale - mean) / std``."""
+    if batch.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 batch, got {batch.dtype}")
+    spec, pre = contract.input, contract.preprocessing
+    x = batch.astype(np.float32)
+    x = x[:, None, :, :] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    if x.shape[1:] != (spec.channels, spec.height, spec.width):
+        raise ValueError(
+            f"batch has shape {batch.shape}; the contract needs {spec.height}x{spec.width}x{spec.channels}"
+        )
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    out: np.ndarray = (x * np.float32(pre.scale) - mean) / std
+    return out.astype(np.float32, copy=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 for stable probabilities, returned as float32."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    probs: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs
+
+
+def to_prediction(probs: np.ndarray, labels: Sequence[str]) -> Prediction:
+    """One row of probabilities -> the label (first maximum, contract order) and a label -> p map."""
+    return Prediction(
+        label=labels[int(np.argmax(probs))],
+        probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
+    )
+
+
+def _ort_session(path: str, intra_op_threads: int) -> Any:
+    import onnxruntime as ort  # imported here: nothing heavy at import time
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning threads speed up one caller but burn the cores the request path needs under concurrency.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier:
+    """An onnxruntime session plus its contract.
+
+    Args:
+        model_dir: folder with ``config.json`` and the ONNX file.
+        intra_op_threads: onnxruntime threads for this session (set explicitly: ORT ignores OMP_NUM_THREADS).
+        session_factory: ``(onnx_path, threads) -> session``; tests pass a fake.
+
+    Raises:
+        models.contract.ContractError: missing files, bad config.json, or an ONNX file that does not match it.
+    """
+
+    def __init__(
+        self, model_dir: Path | str, *, intra_op_threads: int = 1, session_factory: SessionFactory | None = None
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.contract = load_contract(self.model_dir)
+        self.metrics = load_metrics(self.model_dir)
+        factory = session_factory or _ort_session
+        self._session = factory(str(self.model_dir / self.contract.onnx_file), intra_op_threads)
+        check_onnx_matches(self.contract, self._session)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.contract.labels
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 images ``[N, H, W(, C)]`` -> float32 probabilities ``[N, num_classes]``, one session run."""
+        x = normalise(batch, self.contract)
+        (logits,) = self._session.run([self.contract.output.name], {self.contract.input.name: x})
+        return softmax(np.asarray(logits))
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        return [to_prediction(row, self.labels) for row in self.predict_proba(batch)]
+
+    def warm_up(self) -> None:
+        """One inference on a blank image: proves the session runs and pays first-call costs up front."""
+        spec = self.contract.input
+        shape = (1, spec.height, spec.width) if spec.channels == 1 else (1, spec.height, spec.width, spec.channels)
+        probs = self.predict_proba(np.zeros(shape, dtype=np.uint8))
+        if probs.shape != (1, self.contract.num_classes) or not np.all(np.isfinite(probs)):
+            raise RuntimeError(f"warm-up inference returned {probs.shape} / non-finite values")

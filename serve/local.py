@@ -1,0 +1,101 @@
+"""An embedded, single-machine deployment: start a private local Ray, run the app, wait until ready, shut down.
+
+Used by ``emotion serve`` and by the integration tests, so both exercise the same start-up path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from serve.inference import OnnxClassifier
+from serve.settings import Settings
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How big the embedded Ray instance is."""
+
+    num_cpus: int | None = None  # None = every core of this machine
+    object_store_mb: int = 256
+    temp_dir: str | None = None
+
+
+def preflight(settings: Settings) -> None:
+    """Check the model and the ports before paying for a Ray start-up."""
+    OnnxClassifier(settings.model_dir, intra_op_threads=1)  # ContractError on a missing or mismatched model
+    for what, port in (("EMOTION_PORT", settings.port), ("EMOTION_METRICS_EXPORT_PORT", settings.metrics_export_port)):
+        _check_port_free(settings.host if what == "EMOTION_PORT" else "0.0.0.0", port, what)
+
+
+def _check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            raise StartupError(f"{host}:{port} {reason}; choose another port with {what}=<port>") from None
+
+
+def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
+    """Start Ray + Serve and the app; return the base URL once /readyz answers 200."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    opts = ray_options or RayOptions(object_store_mb=settings.object_store_mb)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    init_kwargs: dict[str, Any] = {
+        "num_cpus": opts.num_cpus or os.cpu_count() or 1,
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "object_store_memory": opts.object_store_mb * 1024 * 1024,
+        "_metrics_export_port": settings.metrics_export_port,
+    }
+    if opts.temp_dir:
+        init_kwargs["_temp_dir"] = opts.temp_dir
+    ray.init(**init_kwargs)
+    serve.start(
+        http_options={"host": settings.host, "port": settings.port},
+        logging_config={"enable_access_log": settings.access_log},
+    )
+    serve.run(build_app(settings=settings), name="emotion", route_prefix="/", blocking=False)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else host}:{settings.port}"
+    wait_ready(url)
+    return url
+
+
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise StartupError(f"the service did not become ready at {url}/readyz within {timeout_s:.0f}s")
+
+
+def stop() -> None:
+    """Shut Serve and Ray down (both are no-ops when not running)."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        finally:
+            ray.shutdown()

@@ -1,0 +1,108 @@
+"""The service's Prometheus metrics (``ray.serve.metrics``), created inside replicas, never at import.
+
+Ray exports each as ``ray_<name>`` (counters also get ``_total``) on every node's metrics export port, together
+with Serve's own ``ray_serve_*`` series; Serve adds ``deployment``/``replica``/``application`` tags. Tags here are
+bounded sets (route templates, status codes, stage names, labels): never request ids or user input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+REQUESTS = "emotion_requests"
+REQUEST_LATENCY = "emotion_request_latency_ms"
+STAGE_LATENCY = "emotion_stage_latency_ms"
+BATCH_SIZE = "emotion_batch_size"
+ONGOING = "emotion_ongoing_requests"
+REJECTED = "emotion_rejected_requests"
+PREDICTIONS = "emotion_predictions"
+IMAGES = "emotion_images"
+MODEL_LOAD = "emotion_model_load_seconds"
+
+# Exported names, as a scrape shows them (histograms also have _bucket/_count/_sum).
+EXPORTED_NAMES = (
+    f"ray_{REQUESTS}_total",
+    f"ray_{REQUEST_LATENCY}_bucket",
+    f"ray_{STAGE_LATENCY}_bucket",
+    f"ray_{BATCH_SIZE}_bucket",
+    f"ray_{ONGOING}",
+    f"ray_{PREDICTIONS}_total",
+    f"ray_{IMAGES}_total",
+    f"ray_{MODEL_LOAD}",
+)
+
+LATENCY_MS_BUCKETS: list[float] = [1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 30000]
+BATCH_BUCKETS: list[float] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128]
+
+
+@dataclass
+class IngressMetrics:
+    requests: Any
+    latency: Any
+    stage: Any
+    ongoing: Any
+    images: Any
+
+
+@dataclass
+class ModelMetrics:
+    batch_size: Any
+    stage: Any
+    predictions: Any
+    load_seconds: Any
+
+
+def stage_histogram() -> Any:
+    from ray.serve.metrics import Histogram
+
+    return Histogram(
+        STAGE_LATENCY, description="Latency of one pipeline stage (decode, preprocess_call, model_call, "
+        "batch_wait, inference).", boundaries=LATENCY_MS_BUCKETS, tag_keys=("stage",),
+    )  # fmt: skip
+
+
+def ingress_metrics() -> IngressMetrics:
+    from ray.serve.metrics import Counter, Gauge, Histogram
+
+    return IngressMetrics(
+        requests=Counter(REQUESTS, description="HTTP requests by route and status.", tag_keys=("route", "status")),  # type: ignore[arg-type]
+        latency=Histogram(
+            REQUEST_LATENCY, description="End-to-end latency inside the ingress, by route.",
+            boundaries=LATENCY_MS_BUCKETS, tag_keys=("route",),
+        ),
+        stage=stage_histogram(),
+        ongoing=Gauge(ONGOING, description="Requests in flight in this ingress replica."),
+        images=Counter(IMAGES, description="Images received, by outcome (ok or an error code).", tag_keys=("outcome",)),
+    )  # fmt: skip
+
+
+def model_metrics() -> ModelMetrics:
+    from ray.serve.metrics import Counter, Gauge, Histogram
+
+    return ModelMetrics(
+        batch_size=Histogram(
+            BATCH_SIZE, description="Images per onnxruntime run (realised batch size).", boundaries=BATCH_BUCKETS
+        ),
+        stage=stage_histogram(),
+        predictions=Counter(PREDICTIONS, description="Predicted emotions.", tag_keys=("emotion",)),
+        load_seconds=Gauge(MODEL_LOAD, description="Seconds to load the model and pass warm-up."),
+    )
+
+
+class _NullMetric:
+    """Stands in for a Ray metric where Ray is not running (unit tests, ``create_app`` without Serve)."""
+
+    def inc(self, *args: object, **kwargs: object) -> None:
+        """Do nothing."""
+
+    def observe(self, *args: object, **kwargs: object) -> None:
+        """Do nothing."""
+
+    def set(self, *args: object, **kwargs: object) -> None:
+        """Do nothing."""
+
+
+def null_ingress_metrics() -> IngressMetrics:
+    null = _NullMetric()
+    return IngressMetrics(requests=null, latency=null, stage=null, ongoing=null, images=null)

@@ -1,0 +1,54 @@
+"""What the HTTP routes share: the pipeline protocol and the per-replica service state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from starlette.requests import HTTPConnection
+
+from models.contract import ModelContract
+from serve.errors import ErrorInfo
+from serve.metrics import IngressMetrics
+from serve.settings import Settings
+
+
+class Pipeline(Protocol):
+    """What the routes need from the deployment graph (handles in Serve, in-process in tests)."""
+
+    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        """Probabilities (float32, contract label order) or an ErrorInfo per image, in input order."""
+        ...
+
+    async def ready(self) -> bool:
+        """True once the model is loaded and its warm-up inference passed."""
+        ...
+
+
+@dataclass
+class ServiceState:
+    """Per-replica state; routes read it with ``get_state(request)``."""
+
+    pipeline: Pipeline
+    settings: Settings
+    contract: ModelContract
+    model_metrics: dict[str, Any] | None
+    metrics: IngressMetrics
+    key_digests: tuple[str, ...] = ()
+    ongoing: int = 0
+
+    @property
+    def model_ref(self) -> dict[str, str]:
+        return {"name": self.contract.name, "version": self.contract.version}
+
+
+def get_state(conn: HTTPConnection) -> ServiceState:
+    """The ServiceState of the app serving this request or WebSocket."""
+    state: ServiceState = conn.app.state.service
+    return state
+
+
+def request_id(conn: HTTPConnection) -> str:
+    rid: str | None = getattr(conn.state, "request_id", None)
+    return rid or "-"
