@@ -1,0 +1,339 @@
+"""Quantize an fp32 ONNX model folder to int8, compare the variants, and ship the best batch-invariant one.
+
+Variants (all from the same ``quant_pre_process``-ed graph):
+
+* ``dynamic``: ``quantize_dynamic`` (int8 weights, uint8 activations whose scale is computed per call over the
+  WHOLE input tensor, so a face's logits depend on the other faces in its batch);
+* ``static`` / ``static_per_channel``: ``quantize_static`` QDQ with scales calibrated on the validation split,
+  fixed at run time, hence batch-invariant;
+* ``matmul_int8``: ``MatMulNBits`` 8-bit weights with ``accuracy_level=4``: activations are quantized to int8
+  per row and per block of the reduction axis, so each face is quantized on its own (ORT's per-row dynamic mode);
+* ``dynamic_per_row``: our graph rewrite (``models.per_row_quant``): one activation scale per token row,
+  computed at run time with plain ONNX ops, per-column int8 weights, ``MatMulInteger``.
+
+Every variant is scored on the validation split carved from ``train`` exactly as training carves it, timed
+in-process, and checked for batch invariance (batch-64 vs batch-1 logits of the same faces). The shipped model
+is the most accurate batch-invariant int8 variant, ties (within ``--accuracy-tolerance``) going to the fastest at
+batch 1; its folder gets ``model.onnx``, ``config.json``, ``metrics.json`` (test split) and ``quantization.{json,md}``.
+
+    python -m models.quantize --model runs/vit/onnx-fp32 --output models/default --test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.contract import CONFIG_FILE, METRICS_FILE, ContractError, ModelContract, load_contract
+from models.data import DatasetError, FaceDataset, default_fer_dir, stratified_split
+from models.evaluate import (
+    evaluate,
+    load_for_contract,
+    make_session,
+    onnx_predictor,
+    predict_logits,
+    preprocess,
+)
+from models.metrics import classification_report
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("dynamic", "static", "static_per_channel", "matmul_int8", "dynamic_per_row")
+INVARIANCE_ATOL = 1e-4
+
+
+@dataclass
+class QuantizeArguments:
+    """Command-line arguments of ``emotion quantize``."""
+
+    model: Path
+    output: Path
+    data_dir: Path
+    val_fraction: float = 0.1
+    seed: int = 42
+    calibration_size: int = 512
+    variants: tuple[str, ...] = VARIANTS
+    test: bool = False
+    threads: int = 1
+    batch_size: int = 64
+    accuracy_tolerance: float = 0.005
+    keep_candidates: Path | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"--variants {list(self.variants)}: choose from {list(VARIANTS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction={self.val_fraction} must be between 0 and 1")
+        if self.calibration_size < 1 or self.batch_size < 1 or self.threads < 1:
+            raise ValueError("--calibration-size, --batch-size and --threads must be >= 1")
+        if self.output.resolve() == self.model.resolve():
+            raise ValueError(f"--output {self.output} must differ from --model (the fp32 folder)")
+
+
+class _FacesReader:
+    """A ``CalibrationDataReader``: one preprocessed face batch per ``get_next()``, then None."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 32) -> None:
+        self._batches: Iterator[np.ndarray] = iter([x[i : i + batch_size] for i in range(0, len(x), batch_size)])
+        self._name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: batch}
+
+
+def validation_split(data_dir: Path, contract: ModelContract, val_fraction: float, seed: int) -> FaceDataset:
+    """The training run's validation faces: ``stratified_split`` of ``train`` with the same fraction and seed."""
+    train = load_for_contract(data_dir, "train", contract)
+    _, val_idx = stratified_split(train.labels, val_fraction, seed)
+    return train.subset(val_idx)
+
+
+def build_variant(variant: str, prepped: Path, out: Path, contract: ModelContract, calib: np.ndarray) -> Path:
+    """Write one int8 variant of the pre-processed fp32 graph ``prepped`` to ``out``."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if variant == "dynamic":
+        quantize_dynamic(prepped, out, weight_type=QuantType.QInt8)
+    elif variant in ("static", "static_per_channel"):
+        quantize_static(
+            prepped,
+            out,
+            _FacesReader(contract.input.name, calib),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=variant == "static_per_channel",
+            # Only the matrix products: quantizing residual Adds and LayerNorm inputs costs ViT accuracy for no speed.
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    elif variant == "matmul_int8":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        # accuracy_level=4: int8 activations, quantized per row and per block of K inside the kernel.
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(prepped)), bits=8, block_size=32, accuracy_level=4)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    elif variant == "dynamic_per_row":
+        from models.per_row_quant import rewrite_per_row
+
+        rewrite_per_row(prepped, out)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return out
+
+
+def latency(run: Callable[[np.ndarray], Any], x: np.ndarray, min_seconds: float = 0.5, min_runs: int = 5) -> float:
+    """Median wall time (ms) of ``run(x)`` after two warm-up calls."""
+    for _ in range(2):
+        run(x)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def batch_invariance(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[float, int]:
+    """(max |logit diff|, flipped argmaxes) between one batch of all of ``x`` and ``x`` one row at a time."""
+    together = predict(x)
+    alone = predict_logits(predict, x, 1)
+    return float(np.abs(together - alone).max()), int((together.argmax(1) != alone.argmax(1)).sum())
+
+
+def measure(
+    name: str, onnx_path: Path, contract: ModelContract, val: FaceDataset, args: QuantizeArguments
+) -> dict[str, Any]:
+    """One row of the quantization table for ``onnx_path``."""
+    x_val = preprocess(val.images, contract)
+    folder = onnx_path.parent
+    predict = onnx_predictor(folder, replace(contract, onnx_file=onnx_path.name), args.threads)
+    report = classification_report(predict_logits(predict, x_val, args.batch_size), val.labels, contract.labels)
+    diff, flips = batch_invariance(predict, x_val[:64])
+    ms1 = latency(predict, x_val[:1])
+    ms32 = latency(predict, x_val[:32])
+    row: dict[str, Any] = {
+        "variant": name,
+        "size_bytes": onnx_path.stat().st_size,
+        "val_accuracy": report["accuracy"],
+        "val_macro_f1": report["macro_f1"],
+        "ms_batch1": ms1,
+        "img_s_batch1": 1e3 / ms1,
+        "ms_batch32": ms32,
+        "img_s_batch32": 32e3 / ms32,
+        "invariance_max_diff": diff,
+        "invariance_flips": flips,
+        "batch_invariant": diff <= INVARIANCE_ATOL and flips == 0,
+    }
+    logger.info("%s: %s", name, {k: v for k, v in row.items() if k != "variant"})
+    return row
+
+
+def choose(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The batch-invariant int8 row with the best validation accuracy; near-ties go to the fastest at batch 1."""
+    ok = [r for r in rows if r["variant"] != "fp32" and r["batch_invariant"]]
+    if not ok:
+        raise ContractError("no int8 variant is batch-invariant; refusing to ship one (see the table)")
+    best = max(r["val_accuracy"] for r in ok)
+    return min((r for r in ok if r["val_accuracy"] >= best - tolerance), key=lambda r: r["ms_batch1"])
+
+
+def format_table(rows: list[dict[str, Any]], chosen: str) -> str:
+    """The markdown table printed to stdout and written to quantization.md."""
+    has_test = any("test_accuracy" in r for r in rows)
+    head = "| variant | size MB | val acc | val macro-F1 |" + (" test acc | test macro-F1 |" if has_test else "")
+    head += " b1 ms | b1 img/s | b32 ms | b32 img/s | b1-vs-b64 max diff | flips |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        mark = " (shipped)" if r["variant"] == chosen else ""
+        cells = [f"{r['variant']}{mark}", f"{r['size_bytes'] / 1e6:.2f}", f"{r['val_accuracy']:.4f}", f"{r['val_macro_f1']:.4f}"]
+        if has_test:
+            cells += [f"{r.get('test_accuracy', float('nan')):.4f}", f"{r.get('test_macro_f1', float('nan')):.4f}"]
+        cells += [
+            f"{r['ms_batch1']:.2f}",
+            f"{r['img_s_batch1']:.0f}",
+            f"{r['ms_batch32']:.2f}",
+            f"{r['img_s_batch32']:.0f}",
+            f"{r['invariance_max_diff']:.1e}",
+            str(r["invariance_flips"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def quantize(args: QuantizeArguments) -> dict[str, Any]:
+    """Build, measure and choose; write the shipped folder. Returns the quantization summary."""
+    from onnxruntime.quantization import quant_pre_process
+
+    contract = load_contract(args.model)
+    fp32_path = args.model / contract.onnx_file
+    val = validation_split(args.data_dir, contract, args.val_fraction, args.seed)
+    logger.info("validation split: %d faces %s", len(val), val.class_counts())
+    calib_rows = np.sort(np.random.default_rng(args.seed).permutation(len(val))[: args.calibration_size])
+    calib = preprocess(val.images[calib_rows], contract)
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        work = args.keep_candidates or Path(tmp)
+        prepped = work / "prepped" / "model.onnx"
+        prepped.parent.mkdir(parents=True, exist_ok=True)
+        quant_pre_process(fp32_path, prepped)
+        paths = {"fp32": fp32_path}
+        for variant in args.variants:
+            paths[variant] = build_variant(variant, prepped, work / variant / "model.onnx", contract, calib)
+        rows = [measure(name, path, contract, val, args) for name, path in paths.items()]
+        if args.test:
+            for row in rows:
+                folder = _candidate_folder(paths[row["variant"]], contract)
+                test = evaluate(folder, args.data_dir, "test", batch_size=args.batch_size, threads=args.threads, dedup=False)
+                row["test_accuracy"], row["test_macro_f1"] = test["accuracy"], test["macro_f1"]
+        chosen = choose(rows, args.accuracy_tolerance)
+        shipped = _ship(paths[chosen["variant"]], contract, chosen["variant"], args)
+    summary: dict[str, Any] = {
+        "source": str(args.model),
+        "chosen": chosen["variant"],
+        "rule": "most accurate batch-invariant int8 variant on validation; within accuracy_tolerance, fastest at batch 1",
+        "invariance_atol": INVARIANCE_ATOL,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
+        "validation": {"n": len(val), "calibration_n": len(calib)},
+        "rows": rows,
+    }
+    table = format_table(rows, chosen["variant"])
+    (shipped / "quantization.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (shipped / "quantization.md").write_text(f"# Quantization of {args.model}\n\n{table}\n\nShipped: {chosen['variant']}.\n")
+    sys.stdout.write(table + "\n")
+    return summary
+
+
+def _candidate_folder(onnx_path: Path, contract: ModelContract) -> Path:
+    """Make ``onnx_path``'s folder a model folder (config.json) so evaluate() can read it."""
+    if not (onnx_path.parent / CONFIG_FILE).is_file():
+        replace(contract, onnx_file=onnx_path.name).save(onnx_path.parent)
+    return onnx_path.parent
+
+
+def _ship(onnx_path: Path, contract: ModelContract, variant: str, args: QuantizeArguments) -> Path:
+    """Copy the chosen file into the output folder with its config.json and the test-split metrics.json."""
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, out / "model.onnx")
+    architecture = f"{contract.architecture}; int8 {variant}".lstrip("; ")
+    replace(contract, onnx_file="model.onnx", architecture=architecture).save(out)
+    try:
+        report = evaluate(out, args.data_dir, "test", batch_size=args.batch_size, threads=args.threads)
+    except DatasetError as exc:
+        logger.warning("no test split, so no %s: %s", METRICS_FILE, exc)
+        return out
+    report["model"]["path"] = out.name  # relative: the folder is moved and bundled
+    report["dataset"]["path"] = args.data_dir.name
+    (out / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    logger.info("shipped %s to %s (test accuracy %.4f)", variant, out, report["accuracy"])
+    return out
+
+
+def _parse(argv: list[str] | None) -> QuantizeArguments:
+    parser = argparse.ArgumentParser(prog="emotion quantize", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="fp32 ONNX model folder (from emotion export)")
+    parser.add_argument("--output", type=Path, required=True, help="model folder to write the chosen int8 model to")
+    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: $EMOTION_DATA_DIR/fer2013)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="as in training")
+    parser.add_argument("--seed", type=int, default=42, help="as in training")
+    parser.add_argument("--calibration-size", type=int, default=512, help="validation faces used to calibrate static")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--test", action="store_true", help="also score every variant on the test split")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for scoring and timing")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--accuracy-tolerance", type=float, default=0.005)
+    parser.add_argument("--keep-candidates", type=Path, default=None, help="keep every variant's file in this folder")
+    ns = parser.parse_args(argv)
+    return QuantizeArguments(
+        model=ns.model,
+        output=ns.output,
+        data_dir=ns.data_dir or default_fer_dir(),
+        val_fraction=ns.val_fraction,
+        seed=ns.seed,
+        calibration_size=ns.calibration_size,
+        variants=tuple(v.strip() for v in ns.variants.split(",") if v.strip()),
+        test=ns.test,
+        threads=ns.threads,
+        batch_size=ns.batch_size,
+        accuracy_tolerance=ns.accuracy_tolerance,
+        keep_candidates=ns.keep_candidates,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # onnxruntime's quantizers log every node they skip at INFO.
+    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    try:
+        quantize(_parse(argv))
+    except (ContractError, DatasetError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
