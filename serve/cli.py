@@ -63,13 +63,18 @@ def serve_main(argv: Sequence[str]) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    def install_handlers() -> None:
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+
+    install_handlers()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = load_settings(**overrides)
         local.preflight(settings)
         print(f"starting Ray and the service (model {settings.model_dir}) ...", flush=True)
         url = local.start(settings)
+        install_handlers()  # ray.init installs its own SIGTERM handler, which exits without cleaning up
         print(f"ready: {url}  (API docs {url}/docs, metrics on port {settings.metrics_export_port}); Ctrl-C stops",
               flush=True)  # fmt: skip
         while not stop.wait(0.5):

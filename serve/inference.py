@@ -80,12 +80,19 @@ class OnnxClassifier:
         intra_op_threads: onnxruntime threads for this session (set explicitly: ORT ignores OMP_NUM_THREADS).
         session_factory: ``(onnx_path, threads) -> session``; tests pass a fake.
 
+        row_by_row: run each image alone; None = decide with ``is_batch_invariant()`` at load.
+
     Raises:
         models.contract.ContractError: missing files, bad config.json, or an ONNX file that does not match it.
     """
 
     def __init__(
-        self, model_dir: Path | str, *, intra_op_threads: int = 1, session_factory: SessionFactory | None = None
+        self,
+        model_dir: Path | str,
+        *,
+        intra_op_threads: int = 1,
+        session_factory: SessionFactory | None = None,
+        row_by_row: bool | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.contract = load_contract(self.model_dir)
@@ -93,6 +100,9 @@ class OnnxClassifier:
         factory = session_factory or _ort_session
         self._session = factory(str(self.model_dir / self.contract.onnx_file), intra_op_threads)
         check_onnx_matches(self.contract, self._session)
+        # A face must get the same answer whatever it is batched with. Dynamic int8 quantization computes
+        # activation scales over the whole batch, so such a model is run one image per session call.
+        self.row_by_row = not self.is_batch_invariant() if row_by_row is None else row_by_row
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -101,8 +111,21 @@ class OnnxClassifier:
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """uint8 images ``[N, H, W(, C)]`` -> float32 probabilities ``[N, num_classes]``, one session run."""
         x = normalise(batch, self.contract)
+        if self.row_by_row and len(x) > 1:
+            return np.concatenate([self._probs(x[i : i + 1]) for i in range(len(x))])
+        return self._probs(x)
+
+    def _probs(self, x: np.ndarray) -> np.ndarray:
         (logits,) = self._session.run([self.contract.output.name], {self.contract.input.name: x})
         return softmax(np.asarray(logits))
+
+    def is_batch_invariant(self, n: int = 4, atol: float = 1e-6) -> bool:
+        """True when rows computed together equal rows computed alone (seeded random images)."""
+        spec = self.contract.input
+        shape = (n, spec.height, spec.width) if spec.channels == 1 else (n, spec.height, spec.width, spec.channels)
+        x = normalise(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), self.contract)
+        alone = np.concatenate([self._probs(x[i : i + 1]) for i in range(n)])
+        return bool(np.allclose(self._probs(x), alone, rtol=0.0, atol=atol))
 
     def predict(self, batch: np.ndarray) -> list[Prediction]:
         return [to_prediction(row, self.labels) for row in self.predict_proba(batch)]

@@ -54,7 +54,7 @@ class Ingress:
         contract = load_contract(settings.model_dir, require_onnx=False)
         self._state = ServiceState(
             pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
-            metrics=self._metrics, key_digests=key_digests,
+            metrics=self._metrics, key_digests=key_digests, echo_request_id=False,
         )  # fmt: skip
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -35,8 +35,9 @@ class EmotionModel:
         self._metrics = model_metrics()
         self._metrics.load_seconds.set(time.perf_counter() - start)
         self._config = BatchConfig()
-        logger.info("model %s %s loaded in %.2fs", self._clf.contract.name, self._clf.contract.version,
-                    time.perf_counter() - start)  # fmt: skip
+        logger.info("model %s %s loaded in %.2fs (%s)", self._clf.contract.name, self._clf.contract.version,
+                    time.perf_counter() - start, "row by row: not batch-invariant" if self._clf.row_by_row
+                    else "batched")  # fmt: skip
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self._config = BatchConfig(**user_config)

@@ -36,6 +36,8 @@ class ServiceState:
     model_metrics: dict[str, Any] | None
     metrics: IngressMetrics
     key_digests: tuple[str, ...] = ()
+    # Serve's proxy already puts X-Request-ID (the client's, or its own) on every response it forwards.
+    echo_request_id: bool = True
     ongoing: int = 0
 
     @property

@@ -104,7 +104,8 @@ def _install_middleware(app: FastAPI, state: ServiceState) -> None:
             finally:
                 state.ongoing -= 1
                 metrics.ongoing.set(state.ongoing)
-        response.headers["X-Request-ID"] = rid
+        if state.echo_request_id:
+            response.headers["X-Request-ID"] = rid
         route = getattr(request.scope.get("route"), "path", None) or "unmatched"
         metrics.requests.inc(tags={"route": route, "status": str(response.status_code)})
         metrics.latency.observe((time.perf_counter() - start) * 1000.0, tags={"route": route})

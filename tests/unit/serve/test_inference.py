@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.contract import DEFAULT_MODEL_DIR, ContractError, ModelContract
+from serve.inference import OnnxClassifier, normalise, softmax, to_prediction
+
+CONTRACT = ModelContract(name="t", version="0", labels=("angry", "happy", "sad"))
+
+
+def test_normalise_follows_the_contract() -> None:
+    x = np.array([[[0, 255]]], dtype=np.uint8).repeat(48, axis=1).repeat(24, axis=2)[:, :48, :48]
+    out = normalise(x, CONTRACT)
+    assert out.dtype == np.float32 and out.shape == (1, 1, 48, 48)
+    assert out.min() == pytest.approx(-1.0) and out.max() == pytest.approx(1.0)
+    with pytest.raises(TypeError):
+        normalise(x.astype(np.float32), CONTRACT)
+    with pytest.raises(ValueError):
+        normalise(np.zeros((1, 32, 32), np.uint8), CONTRACT)
+
+
+def test_softmax_and_label_mapping() -> None:
+    probs = softmax(np.array([[0.0, 0.0, 0.0], [1000.0, 0.0, -1000.0]], dtype=np.float32))
+    assert np.allclose(probs.sum(axis=1), 1.0) and np.allclose(probs[0], 1 / 3)
+    pred = to_prediction(probs[1], CONTRACT.labels)
+    assert pred.label == "angry" and set(pred.probabilities) == set(CONTRACT.labels)
+    assert to_prediction(probs[0], CONTRACT.labels).label == "angry"  # ties: first in contract order
+
+
+class FakeSession:
+    """Logits = mean pixel per class offset; batch-invariant by construction."""
+
+    def __init__(self, input_shape: list[Any], classes: int = 3) -> None:
+        self.input_shape, self.classes, self.calls = input_shape, classes, 0
+
+    def get_inputs(self) -> list[Any]:
+        return [type("I", (), {"name": "pixel_values", "shape": self.input_shape})()]
+
+    def get_outputs(self) -> list[Any]:
+        return [type("O", (), {"name": "logits", "shape": ["batch", self.classes]})()]
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        x = feeds["pixel_values"]
+        return [x.mean(axis=(1, 2, 3))[:, None] * np.arange(self.classes, dtype=np.float32)]
+
+
+def test_fake_session_is_batched_when_invariant() -> None:
+    fake = FakeSession(["batch", 1, 48, 48])
+    clf = OnnxClassifier(DEFAULT_MODEL_DIR, session_factory=lambda path, threads: fake)
+    assert not clf.row_by_row
+    fake.calls = 0
+    white = np.full((5, 48, 48), 255, np.uint8)
+    preds = clf.predict(white)
+    assert fake.calls == 1 and all(p.label == "sad" for p in preds)
+
+
+def test_mismatched_onnx_is_a_contract_error() -> None:
+    with pytest.raises(ContractError, match="shape"):
+        OnnxClassifier(DEFAULT_MODEL_DIR, session_factory=lambda p, t: FakeSession(["batch", 1, 64, 64]))
+    with pytest.raises(ContractError, match="labels"):
+        OnnxClassifier(DEFAULT_MODEL_DIR, session_factory=lambda p, t: FakeSession(["batch", 1, 48, 48], classes=7))
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="does not exist"):
+        OnnxClassifier(tmp_path / "nope")
+    shutil.copy(DEFAULT_MODEL_DIR / "config.json", tmp_path / "config.json")
+    with pytest.raises(ContractError, match="no ONNX file"):
+        OnnxClassifier(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ContractError, match="missing key"):
+        OnnxClassifier(tmp_path)
+
+
+def test_bundled_model_answers_do_not_depend_on_batch_neighbours() -> None:
+    clf = OnnxClassifier(DEFAULT_MODEL_DIR)
+    x = np.random.default_rng(3).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    together = clf.predict_proba(x)
+    alone = np.concatenate([clf.predict_proba(x[i : i + 1]) for i in range(len(x))])
+    assert np.allclose(together, alone, rtol=0, atol=1e-6)
+    assert together.shape == (6, 3) and np.allclose(together.sum(axis=1), 1.0, atol=1e-5)
+    clf.warm_up()

@@ -1,0 +1,175 @@
+"""The HTTP layer without Ray: create_app around an in-process pipeline (same decode + ONNX code as Serve)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from serve.errors import ErrorInfo, ServiceError
+from serve.imaging import decode_image
+from serve.inference import OnnxClassifier
+from serve.metrics import null_ingress_metrics
+from serve.settings import Settings, digest_key, load_settings
+from serve.state import ServiceState
+from serve.webapp import create_app
+from tests.conftest import encode
+
+CLF = OnnxClassifier(load_settings().model_dir)
+
+
+class InProcessPipeline:
+    def __init__(self, settings: Settings, gate: asyncio.Event | None = None) -> None:
+        self.settings, self.gate = settings, gate
+
+    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        if self.gate is not None:
+            await self.gate.wait()
+        out: list[np.ndarray | ErrorInfo] = []
+        for data in images:
+            try:
+                pixels = decode_image(data, CLF.contract, max_pixels=self.settings.max_image_pixels)
+                out.append(CLF.predict_proba(pixels[None])[0])
+            except ServiceError as exc:
+                out.append(exc.info())
+        return out
+
+    async def ready(self) -> bool:
+        return True
+
+
+def make_client(**overrides: object) -> TestClient:
+    settings = load_settings(**overrides)
+    state = ServiceState(
+        pipeline=InProcessPipeline(settings), settings=settings, contract=CLF.contract, model_metrics={"a": 1},
+        metrics=null_ingress_metrics(), key_digests=settings.key_digests(),
+    )  # fmt: skip
+    return TestClient(create_app(state), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with make_client(max_body_bytes=200_000, max_image_pixels=1_000_000, max_images_per_request=4) as c:
+        yield c
+
+
+def assert_error(resp: object, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.text  # type: ignore[attr-defined]
+    body = resp.json()  # type: ignore[attr-defined]
+    assert body["error"]["code"] == code and body["error"]["message"] and body["request_id"]
+    assert resp.headers["x-request-id"] == body["request_id"]  # type: ignore[attr-defined]
+
+
+def test_classify_raw_and_multipart_agree(client: TestClient, face_png: bytes) -> None:
+    raw = client.post("/v1/classify", content=face_png, headers={"content-type": "image/png"})
+    multi = client.post("/v1/classify", files={"file": ("f.png", face_png, "image/png")})
+    assert raw.status_code == multi.status_code == 200
+    a, b = raw.json(), multi.json()
+    assert a["label"] in CLF.labels and list(a["probabilities"]) == list(CLF.labels)
+    assert a["probabilities"] == b["probabilities"]
+    assert a["model"] == {"name": CLF.contract.name, "version": CLF.contract.version}
+
+
+def test_batch_results_in_order_with_per_item_errors(client: TestClient, face_png: bytes) -> None:
+    other = encode(Image.new("L", (48, 48), 200), "JPEG")
+    files = [("files", ("a", face_png)), ("files", ("b", b"not an image")), ("files", ("c", other))]
+    resp = client.post("/v1/classify/batch", files=files)
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert results[1]["error"]["code"] == "invalid_image" and "label" not in results[1]
+    single = client.post("/v1/classify", content=other, headers={"content-type": "image/jpeg"}).json()
+    assert results[2]["probabilities"] == single["probabilities"]
+
+
+def test_client_request_id_is_echoed_when_sane(client: TestClient) -> None:
+    assert client.get("/healthz", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    assert client.get("/healthz", headers={"x-request-id": "bad id\x01"}).headers["x-request-id"] != "bad id"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty_body"),
+        ({"content": b"hello", "headers": {"content-type": "image/jpeg"}}, 422, "invalid_image"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        ({"content": b"hello"}, 415, "unsupported_media_type"),
+        ({"content": b"x" * 300_000, "headers": {"content-type": "image/png"}}, 413, "payload_too_large"),
+        ({"files": {"image": ("f.png", b"abc")}}, 422, "missing_field"),
+        ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}}, 400, "bad_request"),
+    ],
+)
+def test_bad_single_requests(client: TestClient, kwargs: dict[str, object], status: int, code: str) -> None:
+    assert_error(client.post("/v1/classify", **kwargs), status, code)  # type: ignore[arg-type]
+
+
+def test_image_errors(client: TestClient) -> None:
+    big = encode(Image.new("L", (1100, 1000)))
+    assert_error(client.post("/v1/classify", content=big, headers={"content-type": "image/png"}), 413, "image_too_large")
+    png = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 100), dtype=np.uint8)))
+    truncated = png[: len(png) // 2]
+    resp = client.post("/v1/classify", content=truncated, headers={"content-type": "image/png"})
+    assert_error(resp, 422, "invalid_image")
+
+
+def test_bad_batch_requests(client: TestClient, face_png: bytes) -> None:
+    assert_error(client.post("/v1/classify/batch", files=[("files", ("a", face_png))] * 5), 413, "too_many_images")
+    assert_error(client.post("/v1/classify/batch", files=[("file", ("a", face_png))]), 422, "missing_field")
+    resp = client.post("/v1/classify/batch", content=face_png, headers={"content-type": "image/png"})
+    assert_error(resp, 415, "unsupported_media_type")
+    resp = client.post("/v1/classify/batch", content=b"", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert_error(resp, 400, "empty_body")
+    resp = client.post("/v1/classify/batch", files=[("files", ("a", b""))])
+    assert resp.status_code == 200 and resp.json()["results"][0]["error"]["code"] == "empty_body"
+
+
+def test_routing_errors_are_json(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/v1/classify"), 405, "method_not_allowed")
+
+
+def test_health_ready_model_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    info = client.get("/v1/model").json()
+    assert info["labels"] == list(CLF.labels) and info["metrics"] == {"a": 1}
+    assert info["input"]["tensor"]["height"] == CLF.contract.input.height
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"image/jpeg", "image/png", "image/webp", "multipart/form-data"} <= set(body)
+    assert "files" in str(spec["paths"]["/v1/classify/batch"]["post"]["requestBody"])
+
+
+def test_auth() -> None:
+    with make_client(auth="on", api_keys="k1,k2") as c:
+        assert_error(c.post("/v1/classify", content=b"x"), 401, "unauthorized")
+        assert c.post("/v1/classify", content=b"x").headers["www-authenticate"] == "Bearer"
+        assert_error(c.get("/v1/model", headers={"authorization": "Bearer nope"}), 403, "forbidden")
+        assert c.get("/v1/model", headers={"x-api-key": "k2"}).status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+    assert digest_key("k1") != "k1"
+
+
+def test_load_shedding_returns_503_with_retry_after() -> None:
+    client = make_client(max_inflight_requests=1, retry_after_s=3)
+    state = client.app.state.service  # type: ignore[attr-defined]
+    state.ongoing = 1  # as if one request were in flight
+    resp = client.get("/v1/model")
+    assert_error(resp, 503, "overloaded")
+    assert resp.headers["retry-after"] == "3"
+    state.ongoing = 0
+    assert client.get("/v1/model").status_code == 200
+
+
+def test_not_ready_is_503() -> None:
+    client = make_client()
+
+    async def not_ready() -> bool:
+        raise RuntimeError("model replica unreachable")
+
+    client.app.state.service.pipeline.ready = not_ready  # type: ignore[attr-defined]
+    assert_error(client.get("/readyz"), 503, "not_ready")
