@@ -48,10 +48,19 @@ class Plan:
     single_rates: tuple[float, ...] = (25, 50, 100, 150)
     batch_clients: tuple[int, ...] = (1, 2, 4)
     batch_rates: tuple[float, ...] = (2, 4, 8)
+    metrics_wait: float = 2.5  # Ray exports metrics every second (RAY_metrics_report_interval_ms below)
 
 
-QUICK = Plan(seconds=2.0, warmup=0.5, ort_seconds=0.5, single_clients=(1, 8), single_rates=(50,),
-             batch_clients=(2,), batch_rates=(4,))  # fmt: skip
+QUICK = Plan(
+    seconds=1.5,
+    warmup=0.5,
+    ort_seconds=0.3,
+    single_clients=(8,),
+    single_rates=(50,),
+    batch_clients=(2,),
+    batch_rates=(),
+    metrics_wait=1.5,
+)
 
 
 @dataclass
@@ -147,7 +156,7 @@ def measure_http(server: Server, plan: Plan, labels: tuple[str, ...], metrics_po
                 tally = asyncio.run(run)
             row = _row(server.name, workload, mode, load, tally, cpu)
             if metrics_port is not None:
-                time.sleep(2.5)  # Ray exports metrics every second (RAY_metrics_report_interval_ms below)
+                time.sleep(plan.metrics_wait)
                 row.batch = mean_batch_sizes(before, _scrape(metrics_port))
             logger.info("%s", _brief(row))
             rows.append(row)
