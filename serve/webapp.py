@@ -30,8 +30,9 @@ _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
 
 
-def error_response(error: errors.ServiceError, rid: str, retry_after_s: int = 1) -> JSONResponse:
-    headers = {"X-Request-ID": rid}
+def error_response(error: errors.ServiceError, rid: str, state: ServiceState) -> JSONResponse:
+    headers = {"X-Request-ID": rid} if state.echo_request_id else {}
+    retry_after_s = state.settings.retry_after_s
     if error.status == 503:
         headers["Retry-After"] = str(retry_after_s)
     if error.status == 401:
@@ -56,22 +57,20 @@ def create_app(state: ServiceState) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
-    retry = state.settings.retry_after_s
-
     async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, errors.ServiceError)
-        return error_response(exc, request_id(request), retry)
+        return error_response(exc, request_id(request), state)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
-        return error_response(errors.ValidationFailed(str(exc)[:500]), request_id(request), retry)
+        return error_response(errors.ValidationFailed(str(exc)[:500]), request_id(request), state)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(errors.from_status(exc.status_code, str(exc.detail)), request_id(request), retry)
+        return error_response(errors.from_status(exc.status_code, str(exc.detail)), request_id(request), state)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("request %s failed", request_id(request))
-        return error_response(errors.InternalError("internal error"), request_id(request), retry)
+        return error_response(errors.InternalError("internal error"), request_id(request), state)
 
     app.add_exception_handler(errors.ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
@@ -95,7 +94,7 @@ def _install_middleware(app: FastAPI, state: ServiceState) -> None:
             if state.ongoing >= settings.max_inflight_requests:
                 raise errors.Overloaded("the service is saturated; retry later")
         except errors.ServiceError as exc:
-            response: Response = error_response(exc, rid, settings.retry_after_s)
+            response: Response = error_response(exc, rid, state)
         else:
             state.ongoing += 1
             metrics.ongoing.set(state.ongoing)

@@ -109,7 +109,8 @@ def test_bad_single_requests(client: TestClient, kwargs: dict[str, object], stat
 
 def test_image_errors(client: TestClient) -> None:
     big = encode(Image.new("L", (1100, 1000)))
-    assert_error(client.post("/v1/classify", content=big, headers={"content-type": "image/png"}), 413, "image_too_large")
+    resp = client.post("/v1/classify", content=big, headers={"content-type": "image/png"})
+    assert_error(resp, 413, "image_too_large")
     png = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 100), dtype=np.uint8)))
     truncated = png[: len(png) // 2]
     resp = client.post("/v1/classify", content=truncated, headers={"content-type": "image/png"})
