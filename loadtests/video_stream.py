@@ -91,6 +91,8 @@ class VideoStreamUser(User):
                 message = self.ws.recv()
             except (websocket.WebSocketException, OSError):
                 return
+            if not message:  # the socket was closed (a close frame reads as an empty message)
+                return
             received = time.perf_counter()
             try:
                 self._handle(json.loads(message), received)
