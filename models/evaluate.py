@@ -36,10 +36,7 @@ def preprocess(images: np.ndarray, contract: ModelContract) -> np.ndarray:
     """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 NCHW ``(x * scale - mean) / std``, as the contract says."""
     p = contract.preprocessing
     x = images.astype(np.float32)
-    if x.ndim == 3:
-        x = x[:, None, :, :]
-    else:
-        x = x.transpose(0, 3, 1, 2)
+    x = x[:, None, :, :] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     if x.shape[1:] != (contract.input.channels, contract.input.height, contract.input.width):
         raise ContractError(
             f"images of shape {tuple(x.shape[1:])} (C, H, W) do not fit the contract input "

@@ -26,7 +26,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis (float64)."""
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return out
 
 
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -81,7 +82,9 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, label_names: S
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = len(label_names)
     if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(f"logits have shape {logits.shape}; expected [N, {num_classes}] for labels {list(label_names)}")
+        raise ValueError(
+            f"logits have shape {logits.shape}; expected [N, {num_classes}] for labels {list(label_names)}"
+        )
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit rows but {labels.shape[0]} labels")
     if logits.shape[0] == 0:
@@ -152,7 +155,9 @@ def save_confusion_png(report: dict[str, Any], path: Path, title: str = "") -> P
         ax.set_ylabel("true")
         for i in range(len(names)):
             for j in range(len(names)):
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if shade[i, j] > 0.5 else "black")
+                ax.text(
+                    j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if shade[i, j] > 0.5 else "black"
+                )
         ax.set_title(title or f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
         fig.tight_layout()
         path = Path(path)

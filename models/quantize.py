@@ -40,7 +40,6 @@ from models.data import DatasetError, FaceDataset, default_fer_dir, stratified_s
 from models.evaluate import (
     evaluate,
     load_for_contract,
-    make_session,
     onnx_predictor,
     predict_logits,
     preprocess,
@@ -69,6 +68,7 @@ class QuantizeArguments:
     batch_size: int = 64
     accuracy_tolerance: float = 0.005
     keep_candidates: Path | None = None
+    bench_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -173,8 +173,8 @@ def measure(
     predict = onnx_predictor(folder, replace(contract, onnx_file=onnx_path.name), args.threads)
     report = classification_report(predict_logits(predict, x_val, args.batch_size), val.labels, contract.labels)
     diff, flips = batch_invariance(predict, x_val[:64])
-    ms1 = latency(predict, x_val[:1])
-    ms32 = latency(predict, x_val[:32])
+    ms1 = latency(predict, x_val[:1], args.bench_seconds)
+    ms32 = latency(predict, x_val[:32], args.bench_seconds)
     row: dict[str, Any] = {
         "variant": name,
         "size_bytes": onnx_path.stat().st_size,
@@ -209,7 +209,12 @@ def format_table(rows: list[dict[str, Any]], chosen: str) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         mark = " (shipped)" if r["variant"] == chosen else ""
-        cells = [f"{r['variant']}{mark}", f"{r['size_bytes'] / 1e6:.2f}", f"{r['val_accuracy']:.4f}", f"{r['val_macro_f1']:.4f}"]
+        cells = [
+            f"{r['variant']}{mark}",
+            f"{r['size_bytes'] / 1e6:.2f}",
+            f"{r['val_accuracy']:.4f}",
+            f"{r['val_macro_f1']:.4f}",
+        ]
         if has_test:
             cells += [f"{r.get('test_accuracy', float('nan')):.4f}", f"{r.get('test_macro_f1', float('nan')):.4f}"]
         cells += [
@@ -246,14 +251,19 @@ def quantize(args: QuantizeArguments) -> dict[str, Any]:
         if args.test:
             for row in rows:
                 folder = _candidate_folder(paths[row["variant"]], contract)
-                test = evaluate(folder, args.data_dir, "test", batch_size=args.batch_size, threads=args.threads, dedup=False)
+                test = evaluate(
+                    folder, args.data_dir, "test", batch_size=args.batch_size, threads=args.threads, dedup=False
+                )
                 row["test_accuracy"], row["test_macro_f1"] = test["accuracy"], test["macro_f1"]
         chosen = choose(rows, args.accuracy_tolerance)
         shipped = _ship(paths[chosen["variant"]], contract, chosen["variant"], args)
     summary: dict[str, Any] = {
         "source": str(args.model),
         "chosen": chosen["variant"],
-        "rule": "most accurate batch-invariant int8 variant on validation; within accuracy_tolerance, fastest at batch 1",
+        "rule": (
+            "most accurate batch-invariant int8 variant on validation; "
+            "within accuracy_tolerance of it, the fastest at batch 1"
+        ),
         "invariance_atol": INVARIANCE_ATOL,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
         "validation": {"n": len(val), "calibration_n": len(calib)},
@@ -261,7 +271,9 @@ def quantize(args: QuantizeArguments) -> dict[str, Any]:
     }
     table = format_table(rows, chosen["variant"])
     (shipped / "quantization.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (shipped / "quantization.md").write_text(f"# Quantization of {args.model}\n\n{table}\n\nShipped: {chosen['variant']}.\n")
+    (shipped / "quantization.md").write_text(
+        f"# Quantization of {args.model}\n\n{table}\n\nShipped: {chosen['variant']}.\n"
+    )
     sys.stdout.write(table + "\n")
     return summary
 
@@ -300,12 +312,15 @@ def _parse(argv: list[str] | None) -> QuantizeArguments:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as in training")
     parser.add_argument("--seed", type=int, default=42, help="as in training")
     parser.add_argument("--calibration-size", type=int, default=512, help="validation faces used to calibrate static")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}"
+    )
     parser.add_argument("--test", action="store_true", help="also score every variant on the test split")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for scoring and timing")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--accuracy-tolerance", type=float, default=0.005)
     parser.add_argument("--keep-candidates", type=Path, default=None, help="keep every variant's file in this folder")
+    parser.add_argument("--bench-seconds", type=float, default=1.0, help="minimum timing per variant and batch size")
     ns = parser.parse_args(argv)
     return QuantizeArguments(
         model=ns.model,
@@ -320,6 +335,7 @@ def _parse(argv: list[str] | None) -> QuantizeArguments:
         batch_size=ns.batch_size,
         accuracy_tolerance=ns.accuracy_tolerance,
         keep_candidates=ns.keep_candidates,
+        bench_seconds=ns.bench_seconds,
     )
 
 

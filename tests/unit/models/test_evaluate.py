@@ -1,0 +1,113 @@
+"""models.evaluate and models/check_model.py on a torch-free linear ONNX model and a generated dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.contract import ContractError, InputSpec, ModelContract, OutputSpec
+from models.data import DatasetError
+from models.evaluate import evaluate, main, preprocess
+
+REPO = Path(__file__).resolve().parents[3]
+LINEAR = Callable[..., Path]
+
+
+def contract48() -> ModelContract:
+    return ModelContract(name="linear", version="1", labels=("angry", "happy", "sad"))
+
+
+def test_preprocess_follows_the_contract() -> None:
+    images = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)
+    c = replace(contract48(), input=InputSpec(height=2, width=2))
+    x = preprocess(images, c)
+    assert x.dtype == np.float32 and x.shape == (1, 1, 2, 2)
+    np.testing.assert_allclose(x[0, 0], [[-1.0, 1.0], [-0.6, -0.2]], atol=1e-6)
+    with pytest.raises(ContractError, match="do not fit"):
+        preprocess(np.zeros((1, 3, 3), np.uint8), c)
+
+
+def test_report_contents(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48())
+    r = evaluate(folder, fer_like, "test", batch_size=7)
+    assert r["n"] == 33 and r["labels"] == ["angry", "happy", "sad"]
+    assert r["skipped_corrupt"] == 0 and r["dataset"]["dropped_by_class"] == {"fear": 10}
+    assert np.asarray(r["confusion_matrix"]).sum() == 33
+    assert set(r["per_class"]["sad"]) == {"precision", "recall", "f1", "support"}
+    assert {"accuracy", "mean_cross_entropy", "macro_f1"} <= set(r)
+    assert r["dedup"]["excluded_in_train"] == 3 and r["dedup"]["n"] == 30
+    assert evaluate(folder, fer_like, "test", batch_size=64)["accuracy"] == r["accuracy"]
+    assert "dedup" not in evaluate(folder, fer_like, "train")
+
+
+def test_main_writes_json_and_png(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48())
+    out = tmp_path / "eval" / "test.json"
+    assert main(["--model", str(folder), "--data-dir", str(fer_like), "--output", str(out), "--threads", "1"]) == 0
+    assert json.loads(out.read_text())["n"] == 33
+    assert out.with_suffix(".png").is_file()
+
+
+def test_missing_dataset_and_unknown_class(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48())
+    with pytest.raises(DatasetError, match="does not exist"):
+        evaluate(folder, tmp_path / "no-data")
+    assert main(["--model", str(folder), "--data-dir", str(tmp_path / "no-data")]) == 2
+    other = linear_onnx(tmp_path / "c", replace(contract48(), labels=("angry", "contempt", "sad")))
+    with pytest.raises(DatasetError, match="contempt"):
+        evaluate(other, fer_like)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"input": InputSpec(height=12, width=12)}, "has shape"),
+        ({"input": InputSpec(name="image")}, "no input 'image'"),
+        ({"output": OutputSpec(name="probs")}, "no output 'probs'"),
+        ({"labels": ("angry", "happy", "sad", "fear")}, "lists 4 labels"),
+    ],
+)
+def test_config_that_does_not_match_the_onnx_file(
+    change: dict[str, object], message: str, fer_like: Path, linear_onnx: LINEAR, tmp_path: Path
+) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48())
+    replace(contract48(), **change).save(folder)  # type: ignore[arg-type]
+    with pytest.raises(ContractError, match=message):
+        evaluate(folder, fer_like)
+
+
+def test_onnx_path_never_imports_torch(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48())
+    argv = ["--model", str(folder), "--data-dir", str(fer_like), "--output", str(tmp_path / "r.json")]
+    code = (
+        "import sys; from models.evaluate import main; "
+        f"rc = main({argv!r}); "
+        "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+
+
+def test_check_model_reproduces_evaluate(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48(), seed=5)
+    r = evaluate(folder, fer_like, "test", dedup=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "models" / "check_model.py"),
+            "--model",
+            str(folder),
+            "--data",
+            str(fer_like / "test.parquet"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert out.strip() == f"n={r['n']} accuracy={r['accuracy']:.6f} macro_f1={r['macro_f1']:.6f}"

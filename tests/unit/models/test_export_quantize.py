@@ -1,0 +1,88 @@
+"""Export parity and int8 quantization of the micro DeiT (needs torch + transformers: the train extra)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.contract import CHECKPOINT_CONTRACT_FILE, ContractError, ModelContract, load_contract
+from models.evaluate import evaluate, load_for_contract, make_session, preprocess
+
+pytestmark = pytest.mark.train
+
+
+def _logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
+    return np.asarray(make_session(onnx_path).run(["logits"], {"pixel_values": x})[0])
+
+
+def test_export_writes_contract_and_matches_torch(micro_onnx: Path) -> None:
+    contract = load_contract(micro_onnx)
+    assert contract.labels == ("angry", "happy", "sad") and contract.onnx_file == "model.onnx"
+    session = make_session(micro_onnx / "model.onnx")
+    assert session.get_inputs()[0].name == "pixel_values" and isinstance(session.get_inputs()[0].shape[0], str)
+    assert not list(micro_onnx.glob("*.data"))  # one self-contained file
+
+
+def test_export_parity_numbers(micro_checkpoint: Path, tmp_path: Path) -> None:
+    from models.export import ExportArguments, export
+
+    diffs = export(ExportArguments(checkpoint=micro_checkpoint, output=tmp_path / "onnx"))
+    assert set(diffs) == {"batch_1", "batch_32"} and max(diffs.values()) < 1e-4
+
+
+def test_checkpoint_and_onnx_evaluate_alike(micro_checkpoint: Path, micro_onnx: Path, fer_like: Path) -> None:
+    torch_report = evaluate(micro_checkpoint, fer_like, "test", dedup=False)
+    onnx_report = evaluate(micro_onnx, fer_like, "test", dedup=False)
+    assert torch_report["model"]["kind"] == "checkpoint" and onnx_report["model"]["kind"] == "onnx"
+    assert torch_report["confusion_matrix"] == onnx_report["confusion_matrix"]
+    assert torch_report["mean_cross_entropy"] == pytest.approx(onnx_report["mean_cross_entropy"], abs=1e-5)
+
+
+def test_checkpoint_whose_contract_disagrees_with_id2label(micro_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.export import load_checkpoint
+
+    bad = tmp_path / "bad"
+    shutil.copytree(micro_checkpoint, bad)
+    ModelContract(name="m", version="0", labels=("sad", "happy", "angry")).save(bad, CHECKPOINT_CONTRACT_FILE)
+    with pytest.raises(ContractError, match="id2label"):
+        load_checkpoint(bad)
+
+
+def test_per_row_rewrite_is_batch_invariant(micro_onnx: Path, tmp_path: Path) -> None:
+    from models.per_row_quant import rewrite_per_row
+
+    out = tmp_path / "per_row.onnx"
+    assert rewrite_per_row(micro_onnx / "model.onnx", out) > 0
+    x = np.random.default_rng(0).standard_normal((16, 1, 48, 48)).astype(np.float32)
+    together = _logits(out, x)
+    alone = np.concatenate([_logits(out, x[i : i + 1]) for i in range(16)])
+    assert np.abs(together - alone).max() < 1e-5
+    assert np.abs(together - _logits(micro_onnx / "model.onnx", x)).max() < 0.1
+
+
+def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like: Path, tmp_path: Path) -> None:
+    from models.quantize import main
+
+    out = tmp_path / "int8"
+    argv = ["--model", str(micro_onnx), "--output", str(out), "--data-dir", str(fer_like)]
+    argv += ["--variants", "dynamic,static", "--calibration-size", "16", "--bench-seconds", "0.05"]
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "config.json", "metrics.json", "quantization.json"}
+    summary = json.loads((out / "quantization.json").read_text())
+    rows = {r["variant"]: r for r in summary["rows"]}
+    assert set(rows) == {"fp32", "dynamic", "static"}
+    assert summary["chosen"] == "static" and rows["static"]["batch_invariant"]
+    assert (out / "model.onnx").stat().st_size < 0.6 * (micro_onnx / "model.onnx").stat().st_size
+    # The shipped file: metrics.json is its own evaluation, and batch neighbours never change an answer.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] == evaluate(out, fer_like, "test")["accuracy"] and "dedup" in metrics
+    contract = load_contract(out)
+    x = preprocess(load_for_contract(fer_like, "test", contract).images, contract)
+    together = _logits(out / "model.onnx", x)
+    alone = np.concatenate([_logits(out / "model.onnx", x[i : i + 1]) for i in range(len(x))])
+    assert np.array_equal(together.argmax(1), alone.argmax(1)) and np.abs(together - alone).max() < 1e-4
