@@ -54,20 +54,29 @@ class EmotionUser(FastHttpUser):
     def on_start(self) -> None:
         contract = local_contract()
         self.labels = contract.labels
-        with self.client.get("/v1/model", name="GET /v1/model", catch_response=True) as resp:
-            info = resp.json() if resp.status_code == 200 else {}
-            served = info.get("labels")
-            if isinstance(served, list) and served:
-                self.labels = tuple(str(label) for label in served)
-            self.same_model = (info.get("name"), info.get("version")) == (contract.name, contract.version)
+        info: dict[str, Any] = {}
+
+        def read_model(body: Any) -> None:
+            info.update(body)
+
+        self.request_checked("GET", "/v1/model", None, "", read_model)
+        served = info.get("labels")
+        if isinstance(served, list) and served:
+            self.labels = tuple(str(label) for label in served)
+        self.same_model = (info.get("name"), info.get("version")) == (contract.name, contract.version)
 
     def post_checked(self, path: str, body: bytes, content_type: str, check: Callable[[Any], object]) -> None:
         """POST ``body``; ``check(parsed_json)`` raises ``InvalidResponse`` (or any ValueError) for a wrong answer."""
-        name = f"POST {path}"
-        headers = {"content-type": content_type}
+        self.request_checked("POST", path, body, content_type, check)
+
+    def request_checked(
+        self, method: str, path: str, body: bytes | None, content_type: str, check: Callable[[Any], object]
+    ) -> None:
+        name = f"{method} {path}"
+        headers = {"content-type": content_type} if content_type else {}
         # locust's annotation omits bytes, which its docstring and geventhttpclient accept
-        post = self.client.post(path, data=body, headers=headers, name=name, catch_response=True)  # type: ignore[arg-type]
-        with post as resp:
+        request = self.client.request(method, path, data=body, headers=headers, name=name, catch_response=True)  # type: ignore[arg-type]
+        with request as resp:
             if not resp.status_code:  # no HTTP answer: timeout, refused or reset connection
                 error = getattr(resp, "error", None) or resp.request_meta.get("exception")
                 resp.failure(f"{type(error).__name__}: {error}")
