@@ -87,7 +87,7 @@ class Row:
     errors: list[str] = field(default_factory=list)
 
 
-def _judge(workload: str, labels: tuple[str, ...]) -> httpclient.Judge:
+def judge_for(workload: str, labels: tuple[str, ...]) -> httpclient.Judge:
     def judge(status: int, headers: dict[bytes, bytes], body: bytes) -> httpclient.Outcome:
         if status == 503 and b"retry-after" in headers:
             return "shed"
@@ -106,7 +106,7 @@ def _judge(workload: str, labels: tuple[str, ...]) -> httpclient.Judge:
     return judge
 
 
-def _requests(workload: str, port: int) -> list[bytes]:
+def requests_for(workload: str, port: int) -> list[bytes]:
     host = f"127.0.0.1:{port}"
     faces = fer_faces()
     if workload == "single":
@@ -140,7 +140,7 @@ def measure_http(server: Server, plan: Plan, labels: tuple[str, ...], metrics_po
     """Every cell of ``plan`` against one running server."""
     rows = []
     for workload in workloads:
-        requests, judge = _requests(workload, server.port), _judge(workload, labels)
+        requests, judge = requests_for(workload, server.port), judge_for(workload, labels)
         port = server.port
         asyncio.run(httpclient.closed_loop("127.0.0.1", port, requests, judge, 2, plan.warmup))
         clients = plan.single_clients if workload == "single" else plan.batch_clients
