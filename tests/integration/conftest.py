@@ -7,7 +7,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -54,21 +54,32 @@ class Service:
         return text
 
 
-@pytest.fixture(scope="module")
-def service() -> Iterator[Service]:
+def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], None]]:
+    """Start the app on a small private local Ray (2 CPUs, 200 MB object store, short temp dir, free ports)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     from serve import local
     from serve.settings import load_settings
 
-    settings = load_settings(
-        port=free_port(), metrics_export_port=free_port(), auth="on", api_keys=API_KEY,
-        max_body_bytes=2_000_000, max_image_pixels=4_000_000, max_images_per_request=8,
-    )  # fmt: skip
+    options: dict[str, object] = {
+        "port": free_port(), "metrics_export_port": free_port(), "auth": "on", "api_keys": API_KEY,
+        "max_body_bytes": 2_000_000, "max_image_pixels": 4_000_000, "max_images_per_request": 8, **overrides,
+    }  # fmt: skip
+    settings = load_settings(**options)
     temp_dir = f"/tmp/rt{secrets.token_hex(3)}"
     try:
         url = local.start(settings, local.RayOptions(num_cpus=2, object_store_mb=200, temp_dir=temp_dir))
-        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=60.0) as client:
-            yield Service(url, f"http://127.0.0.1:{settings.metrics_export_port}/metrics", client)
-    finally:
+    except BaseException:
         local.stop()
+        raise
+    return url, f"http://127.0.0.1:{settings.metrics_export_port}/metrics", local.stop
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Service]:
+    url, metrics_url, stop = start_private_service()
+    try:
+        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=60.0) as client:
+            yield Service(url, metrics_url, client)
+    finally:
+        stop()
