@@ -144,8 +144,13 @@ def build_variant(variant: str, prepped: Path, out: Path, contract: ModelContrac
     return out
 
 
-def latency(run: Callable[[np.ndarray], Any], x: np.ndarray, min_seconds: float = 0.5, min_runs: int = 5) -> float:
-    """Median wall time (ms) of ``run(x)`` after two warm-up calls."""
+def latency(
+    run: Callable[[np.ndarray], Any], x: np.ndarray, min_seconds: float = 0.5, min_runs: int = 5
+) -> tuple[float, float]:
+    """(median, minimum) wall time in ms of ``run(x)`` after two warm-up calls.
+
+    The minimum is what the choice uses: on a shared machine other processes only ever add time.
+    """
     for _ in range(2):
         run(x)
     times: list[float] = []
@@ -154,7 +159,7 @@ def latency(run: Callable[[np.ndarray], Any], x: np.ndarray, min_seconds: float 
         t0 = time.perf_counter()
         run(x)
         times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return float(np.median(times)), float(np.min(times))
 
 
 def batch_invariance(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[float, int]:
@@ -173,8 +178,8 @@ def measure(
     predict = onnx_predictor(folder, replace(contract, onnx_file=onnx_path.name), args.threads)
     report = classification_report(predict_logits(predict, x_val, args.batch_size), val.labels, contract.labels)
     diff, flips = batch_invariance(predict, x_val[:64])
-    ms1 = latency(predict, x_val[:1], args.bench_seconds)
-    ms32 = latency(predict, x_val[:32], args.bench_seconds)
+    ms1, ms1_min = latency(predict, x_val[:1], args.bench_seconds)
+    ms32, _ = latency(predict, x_val[:32], args.bench_seconds)
     row: dict[str, Any] = {
         "variant": name,
         "size_bytes": onnx_path.stat().st_size,
@@ -182,6 +187,7 @@ def measure(
         "val_macro_f1": report["macro_f1"],
         "ms_batch1": ms1,
         "img_s_batch1": 1e3 / ms1,
+        "ms_batch1_min": ms1_min,
         "ms_batch32": ms32,
         "img_s_batch32": 32e3 / ms32,
         "invariance_max_diff": diff,
@@ -198,7 +204,7 @@ def choose(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     if not ok:
         raise ContractError("no int8 variant is batch-invariant; refusing to ship one (see the table)")
     best = max(r["val_accuracy"] for r in ok)
-    return min((r for r in ok if r["val_accuracy"] >= best - tolerance), key=lambda r: r["ms_batch1"])
+    return min((r for r in ok if r["val_accuracy"] >= best - tolerance), key=lambda r: r["ms_batch1_min"])
 
 
 def format_table(rows: list[dict[str, Any]], chosen: str) -> str:
@@ -262,7 +268,7 @@ def quantize(args: QuantizeArguments) -> dict[str, Any]:
         "chosen": chosen["variant"],
         "rule": (
             "most accurate batch-invariant int8 variant on validation; "
-            "within accuracy_tolerance of it, the fastest at batch 1"
+            "within accuracy_tolerance of it, the fastest at batch 1 (minimum time)"
         ),
         "invariance_atol": INVARIANCE_ATOL,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
