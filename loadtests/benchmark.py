@@ -190,6 +190,15 @@ def ray_command(explicit: str | None) -> list[str] | None:
     return None
 
 
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``haproxy=RAY_SERVE_THROUGHPUT_OPTIMIZED=1,RAY_SERVE_ENABLE_HA_PROXY=1`` -> ("ray-haproxy", {...})."""
+    name, _, assignments = spec.partition("=")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if "=" in item)
+    if not name or not env:
+        raise SystemExit(f"--ray-variant {spec!r}: expected NAME=VAR=VALUE[,VAR=VALUE...]")
+    return f"ray-{name}", env
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK if args.quick else Plan(seconds=args.seconds)
     contract = load_contract(args.model_dir)
@@ -230,12 +239,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         p = port()
         base = [py, "-m", "loadtests.baseline_server", "--port", str(p), "--model-dir", str(args.model_dir)]
         specs.append(("baseline", base, p, {}, None))
-    if "ray" in targets:
+    variants: list[tuple[str, dict[str, str]]] = [("ray", {})] if "ray" in targets else []
+    variants += [parse_variant(v) for v in args.ray_variant]
+    for name, extra_env in variants:
         p, mport = port(), port()
         env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(p), "EMOTION_METRICS_EXPORT_PORT": str(mport),
                "EMOTION_MODEL_DIR": str(args.model_dir), "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_metrics_report_interval_ms": "1000"}  # fmt: skip
-        specs.append(("ray", ray_command(args.ray_cmd), p, env, mport))
+               "RAY_metrics_report_interval_ms": "1000", **extra_env}  # fmt: skip
+        specs.append((name, ray_command(args.ray_cmd), p, env, mport))
 
     for name, cmd, p, env, metrics_port in specs:
         if cmd is None:
@@ -272,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--ray-cmd", help="command starting the Ray graph (default: python -m serve.cli serve)")
+    parser.add_argument(
+        "--ray-variant",
+        action="append",
+        default=[],
+        metavar="NAME=VAR=VALUE[,VAR=VALUE]",
+        help="also measure the graph with these environment variables, as target ray-NAME (repeatable)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = run(args)

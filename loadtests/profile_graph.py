@@ -20,11 +20,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from loadtests import httpclient
 from loadtests.benchmark import judge_for, requests_for
-from loadtests.servers import REPO, Server, free_port
+from loadtests.servers import REPO, Server, free_port, mean_batch_sizes, scrape
 from models.contract import DEFAULT_MODEL_DIR, load_contract
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
@@ -76,6 +77,10 @@ def top_frames(raw: str, limit: int = 12) -> tuple[list[tuple[str, float]], list
             [(f, n / total) for f, n in inclusive.most_common(limit * 3)])  # fmt: skip
 
 
+def _ms(latencies: list[float], q: float) -> str:
+    return f"{np.percentile(latencies, q) * 1000:.0f}" if latencies else "n/a"
+
+
 def _frame(frame: str) -> str:
     # "handle_request (ray/serve/_private/proxy.py:123)" -> "handle_request (proxy.py)"
     name, _, where = frame.partition(" (")
@@ -91,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--pid", type=int, help="profile this running `emotion serve` instead of starting one")
     parser.add_argument("--port", type=int, help="its HTTP port (with --pid)")
+    parser.add_argument("--metrics-port", type=int, help="its Ray metrics port (with --pid): batch sizes")
     parser.add_argument("--top", type=int, default=4, help="py-spy the N busiest Python processes")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -100,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         root, port = psutil.Process(args.pid), args.port
     else:
         port = free_port()
-        env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(port),
-               "EMOTION_METRICS_EXPORT_PORT": str(free_port(taken=[port])), "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+        args.metrics_port = free_port(taken=[port])
+        env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(port), "RAY_metrics_report_interval_ms": "1000",
+               "EMOTION_METRICS_EXPORT_PORT": str(args.metrics_port), "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
         server = Server("ray", [sys.executable, "-m", "serve.cli", "serve"], port, args.out / "serve.log", env)
         server.start()
         assert server.proc is not None
@@ -120,18 +127,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def profile(root: psutil.Process, port: int, requests: list[bytes], judge: httpclient.Judge,
             args: argparse.Namespace) -> str:  # fmt: skip
+    metrics_before = scrape(args.metrics_port) if args.metrics_port else {}
     before = cpu_by_process(root)
     t0 = time.perf_counter()
     tally = asyncio.run(httpclient.closed_loop("127.0.0.1", port, requests, judge, args.clients, args.seconds))
     span = time.perf_counter() - t0
     after = cpu_by_process(root)
+    batches = {}
+    if args.metrics_port:
+        time.sleep(2.5)
+        batches = mean_batch_sizes(metrics_before, scrape(args.metrics_port))
     ok = len(tally.latencies)
     per_proc = sorted(((name, after[pid][1] - before.get(pid, (name, 0.0))[1], pid)
                        for pid, (name, _) in after.items()), key=lambda r: -r[1])  # fmt: skip
     total = sum(cpu for _, cpu, _ in per_proc)
     lines = [f"# Ray graph CPU profile: {args.workload}, {args.clients} closed-loop clients, {span:.0f} s", "",
              f"{ok} ok requests ({ok / span:.1f}/s), {tally.errors} errors; server tree CPU {total / span * 100:.0f}% "
-             f"of one core = {total / max(ok, 1) * 1000:.1f} ms CPU per request", "",
+             f"of one core = {total / max(ok, 1) * 1000:.1f} ms CPU per request; p50 "
+             f"{_ms(tally.latencies, 50)} ms, p99 {_ms(tally.latencies, 99)} ms; calls per batch {batches or None}", "",
              "| process | CPU % of a core | CPU ms per request |", "|---|---|---|"]  # fmt: skip
     for name, cpu, pid in per_proc:
         if cpu > 0.01 * span:
