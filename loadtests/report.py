@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 Rows = list[dict[str, Any]]
-COLUMNS = ("target", "mode", "load", "req/s", "img/s", "p50 ms", "p95 ms", "p99 ms", "err %", "shed",
-           "timeouts", "server CPU %", "server CPU ms/img", "client CPU %", "machine CPU %", "calls per batch")  # fmt: skip
+COLUMNS = (
+    "target", "mode", "load", "req/s", "img/s", "p50 ms", "p95 ms", "p99 ms", "err %", "shed", "timeouts",
+    "server CPU %", "server CPU ms/img", "client CPU %", "machine CPU %", "calls per batch",
+)  # fmt: skip
 WORKLOADS = {"single": "single images (POST /v1/classify)", "batch32": "32-image requests (POST /v1/classify/batch)"}
 
 
