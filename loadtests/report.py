@@ -54,7 +54,7 @@ def _per_image(row: dict[str, Any]) -> float | None:
     """Server CPU milliseconds per image: robust to other tenants taking cores, unlike throughput."""
     if not row["server_cpu_pct"] or not row["images_per_s"]:
         return None
-    return round(row["server_cpu_pct"] * 10 / row["images_per_s"], 2)
+    return round(float(row["server_cpu_pct"]) * 10 / float(row["images_per_s"]), 2)
 
 
 def markdown(results: dict[str, Any]) -> str:
