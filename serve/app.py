@@ -4,8 +4,7 @@ Graph: Ingress (FastAPI) -> Preprocessor -> EmotionModel. Replica counts, autosc
 ``deploy/serve_config.yaml``; the decorators only hold safe single-machine defaults.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Serve reads build_app's annotation to validate `args` as AppArgs.
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
@@ -32,19 +31,23 @@ class AppArgs(BaseModel):
         return load_settings(**overrides)
 
 
-def build_app(args: AppArgs | None = None, *, settings: Settings | None = None) -> Application:
-    """Compose the deployment graph.
+def build_app(args: AppArgs) -> Application:
+    """The Serve application builder (``import_path: serve.app:build_app``; one parameter, as Serve requires).
 
     Args:
-        args: builder arguments; Serve passes the config file's ``args:`` here.
-        settings: already-validated settings (the CLI passes its own); default: read from the environment.
+        args: the config file's ``args:``; unset fields fall back to ``EMOTION_*`` settings.
 
     Raises:
         serve.settings.SettingsError: a bad ``EMOTION_*`` value.
         models.contract.ContractError: the model folder is missing or its config.json is malformed.
     """
-    if settings is None:
-        settings = (args or AppArgs()).settings()
+    if not isinstance(args, AppArgs):  # a plain dict when called outside Serve's validation
+        args = AppArgs.model_validate(args or {})
+    return compose(args.settings())
+
+
+def compose(settings: Settings) -> Application:
+    """Compose the deployment graph from validated settings (the CLI passes its own)."""
     model_dir = str(settings.model_dir.resolve())
     load_contract(model_dir)  # fail at build time, not in a replica restart loop
     model = _deployment(EmotionModel).bind(model_dir, settings.ort_threads)

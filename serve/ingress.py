@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from models.contract import load_contract, load_metrics
 from serve.batching import BatchConfig, apply_batch_config, count_images
 from serve.errors import ErrorInfo, Overloaded
-from serve.metrics import ingress_metrics
+from serve.metrics import ingress_metrics, keep_gauges_exported
 from serve.settings import Settings
 from serve.state import ServiceState
 from serve.webapp import create_app
@@ -56,6 +56,8 @@ class Ingress:
             pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
             metrics=self._metrics, key_digests=key_digests, echo_request_id=False,
         )  # fmt: skip
+
+        keep_gauges_exported([(self._metrics.ongoing, lambda: float(self._state.ongoing))])
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)

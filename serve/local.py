@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -52,7 +53,7 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import compose
 
     opts = ray_options or RayOptions(object_store_mb=settings.object_store_mb)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -63,6 +64,10 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
         "object_store_memory": opts.object_store_mb * 1024 * 1024,
         "_metrics_export_port": settings.metrics_export_port,
     }
+    # Replicas must import this package even when it is not pip-installed and the CWD is elsewhere.
+    root = str(Path(__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
     if opts.temp_dir:
         init_kwargs["_temp_dir"] = opts.temp_dir
     ray.init(**init_kwargs)
@@ -70,7 +75,7 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
         http_options={"host": settings.host, "port": settings.port},
         logging_config={"enable_access_log": settings.access_log},
     )
-    serve.run(build_app(settings=settings), name="emotion", route_prefix="/", blocking=False)
+    serve.run(compose(settings), name="emotion", route_prefix="/", blocking=False)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else host}:{settings.port}"
     wait_ready(url)

@@ -7,6 +7,9 @@ bounded sets (route templates, status codes, stage names, labels): never request
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,3 +109,21 @@ class _NullMetric:
 def null_ingress_metrics() -> IngressMetrics:
     null = _NullMetric()
     return IngressMetrics(requests=null, latency=null, stage=null, ongoing=null, images=null)
+
+
+def keep_gauges_exported(gauges: list[tuple[Any, Callable[[], float]]], period_s: float = 2.0) -> threading.Thread:
+    """Re-set gauges every ``period_s`` from a daemon thread.
+
+    Ray only exports a gauge in the reporting interval after it was set, so a value set once (model load time) or
+    only while requests arrive (ongoing requests) would vanish from the scrape.
+    """
+
+    def loop() -> None:
+        while True:
+            for gauge, value in gauges:
+                gauge.set(value())
+            time.sleep(period_s)
+
+    thread = threading.Thread(target=loop, name="emotion-gauges", daemon=True)
+    thread.start()
+    return thread

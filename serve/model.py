@@ -12,7 +12,7 @@ from ray import serve
 
 from serve.batching import BatchConfig, apply_batch_config, count_images, split_sizes
 from serve.inference import OnnxClassifier
-from serve.metrics import model_metrics
+from serve.metrics import keep_gauges_exported, model_metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -33,7 +33,8 @@ class EmotionModel:
         self._clf = OnnxClassifier(model_dir, intra_op_threads=ort_threads)
         self._clf.warm_up()
         self._metrics = model_metrics()
-        self._metrics.load_seconds.set(time.perf_counter() - start)
+        load_seconds = time.perf_counter() - start
+        keep_gauges_exported([(self._metrics.load_seconds, lambda: load_seconds)])
         self._config = BatchConfig()
         logger.info("model %s %s loaded in %.2fs (%s)", self._clf.contract.name, self._clf.contract.version,
                     time.perf_counter() - start, "row by row: not batch-invariant" if self._clf.row_by_row
