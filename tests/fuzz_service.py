@@ -115,7 +115,8 @@ class Generator:
                 ("GET", "/v1/classify/%00"),
             ]
         )
-        return {"method": method, "url": url, "headers": {"x-request-id": self.rng.choice(["ok-1", "x y" * 100, "%%%"])}}
+        request_id = self.rng.choice(["ok-1", "x y" * 100, "%%%"])
+        return {"method": method, "url": url, "headers": {"x-request-id": request_id}}
 
     def broken_multipart(self) -> Req:
         body = self.rng.choice(
