@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 Outcome = str  # "ok" | "shed" | "error"
 Judge = Callable[[int, dict[bytes, bytes], bytes], Outcome]
 
-MAX_OPEN_LOOP_CONNECTIONS = 64
+MAX_OPEN_LOOP_CONNECTIONS = 1024  # above any server's in-flight limit, so overload reaches it
 
 
 @dataclass
@@ -136,7 +136,7 @@ async def closed_loop(
 async def open_loop(
     host: str, port: int, requests: Sequence[bytes], judge: Judge, rate: float, seconds: float, timeout: float = 10.0
 ) -> Tally:
-    """Start one request every ``1/rate`` s for ``seconds``, whatever the answers do (up to 64 connections)."""
+    """Start one request every ``1/rate`` s for ``seconds``, whatever the answers do (up to 1024 connections)."""
     tally = Tally()
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     opened = 0

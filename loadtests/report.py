@@ -30,7 +30,12 @@ def summary(rows: Rows, target: str = "ray") -> dict[str, Any]:
     ray_batch = [r["images_per_s"] for r in rows if (r["target"], r["workload"], r["mode"]) ==
                  (target, "batch32", "closed")]  # fmt: skip
     out: dict[str, Any] = {"single_8_clients_throughput_ratio": None, "single_8_clients_p99_ratio": None,
-                           "batch32_vs_inprocess_ratio": None}  # fmt: skip
+                           "batch32_vs_inprocess_ratio": None, "batch32_vs_inprocess_cpu_efficiency": None}  # fmt: skip
+    ort_cost = [c for r in rows if r["target"] == "onnxruntime" and (c := _per_image(r))]
+    ray_cost = [c for r in rows if (r["target"], r["workload"], r["mode"]) == (target, "batch32", "closed")
+                and (c := _per_image(r))]  # fmt: skip
+    if ort_cost and ray_cost:
+        out["batch32_vs_inprocess_cpu_efficiency"] = round(min(ort_cost) / min(ray_cost), 2)
     if ray8 and base8 and base8["requests_per_s"]:
         out["single_8_clients_throughput_ratio"] = round(ray8["requests_per_s"] / base8["requests_per_s"], 2)
         if ray8["p99_ms"] and base8["p99_ms"]:
@@ -51,10 +56,12 @@ def _cell(value: Any) -> str:
 
 
 def _per_image(row: dict[str, Any]) -> float | None:
-    """Server CPU milliseconds per image: robust to other tenants taking cores, unlike throughput."""
-    if not row["server_cpu_pct"] or not row["images_per_s"]:
+    """CPU milliseconds per image (server tree; this process for in-process rows): robust to other tenants
+    taking cores, unlike throughput."""
+    cpu = row["client_cpu_pct"] if row["mode"] == "in-process" else row["server_cpu_pct"]
+    if not cpu or not row["images_per_s"]:
         return None
-    return round(float(row["server_cpu_pct"]) * 10 / float(row["images_per_s"]), 2)
+    return round(float(cpu) * 10 / float(row["images_per_s"]), 2)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -87,6 +94,9 @@ def markdown(results: dict[str, Any]) -> str:
         "| Ray 32-image requests / onnxruntime in-process (images/s, best) | >= 0.85 | "
         + " | ".join(_cell(s["batch32_vs_inprocess_ratio"]) for s in sums)
         + " |",
+        "| same, per CPU second (in-process CPU ms/img / server CPU ms/img; robust to other tenants) | info | "
+        + " | ".join(_cell(s["batch32_vs_inprocess_cpu_efficiency"]) for s in sums)
+        + " |",
         "",
     ]
     for name, reason in results["skipped"].items():
@@ -116,19 +126,18 @@ def plot(rows: Rows, out: Path) -> None:
         for i, workload in enumerate(WORKLOADS):
             for j, mode in enumerate(("closed", "open")):
                 ax = axes[i][j]
-                for target in ("noop", "baseline", *ray_targets(rows)):
+                for k, target in enumerate(("noop", "baseline", *ray_targets(rows))):
                     pts = [(r["load"], r[metric]) for r in rows if (r["target"], r["workload"], r["mode"]) ==
                            (target, workload, mode) and r[metric] is not None]  # fmt: skip
                     if pts:
-                        ax.plot(*zip(*pts, strict=True), marker="o", label=target)
+                        ax.plot(*zip(*pts, strict=True), marker="o", label=target, color=f"C{k}")
                 ort = [r["images_per_s"] for r in rows if r["target"] == "onnxruntime"]
                 if metric == "images_per_s" and ort:
                     ax.axhline(max(ort), color="grey", linestyle="--", label="onnxruntime in-process (best)")
                 ax.set_title(f"{workload}, {mode} loop")
                 ax.set_xlabel("concurrent clients" if mode == "closed" else "offered requests/s")
                 ax.set_ylabel(ylabel)
-                if metric == "p99_ms":
-                    ax.set_yscale("log")
+                ax.set_yscale("log")
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)
         fig.tight_layout()
