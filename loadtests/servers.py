@@ -25,13 +25,17 @@ class ServerError(RuntimeError):
 
 
 def free_port(low: int = 8100, high: int = 8199, taken: Sequence[int] = ()) -> int:
-    """The first port in [low, high] nobody listens on at 127.0.0.1."""
+    """The first port in [low, high] that binds on 0.0.0.0 without SO_REUSEADDR (so no listener and no
+    TIME_WAIT leftovers: servers that check their port strictly accept it too)."""
     for port in range(low, high + 1):
         if port in taken:
             continue
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return port
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
     raise ServerError(f"no free port in {low}-{high}")
 
 
