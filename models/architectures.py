@@ -23,6 +23,23 @@ class VitPreset:
     mlp_ratio: int = 4
 
 
+@dataclass(frozen=True)
+class LevitPreset:
+    """Size of a LeViT student: a ViT with a 4-layer convolutional patch stem (stride 16) and 3 attention stages."""
+
+    hidden_sizes: tuple[int, int, int]
+    num_attention_heads: tuple[int, int, int]
+    depths: tuple[int, int, int]
+    key_dim: tuple[int, int, int] = (16, 16, 16)
+
+
+LEVIT_PRESETS: dict[str, LevitPreset] = {
+    "levit-xs": LevitPreset(hidden_sizes=(128, 192, 256), num_attention_heads=(4, 6, 8), depths=(2, 3, 4)),
+    "levit-s": LevitPreset(hidden_sizes=(128, 256, 384), num_attention_heads=(4, 6, 8), depths=(2, 3, 4)),
+    "levit-128s": LevitPreset(hidden_sizes=(128, 256, 384), num_attention_heads=(4, 6, 8), depths=(2, 3, 4)),
+}
+
+
 VIT_PRESETS: dict[str, VitPreset] = {
     # 48x48 input: patch 4 -> 144 tokens, patch 6 -> 64 tokens (+ class and distillation tokens).
     "tiny-p4": VitPreset(patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=3),
@@ -60,8 +77,10 @@ def build_student(
             ignore_mismatched_sizes=True,
             local_files_only=True,
         )
+    if preset in LEVIT_PRESETS:
+        return _build_levit(LEVIT_PRESETS[preset], id2label, image_size, num_channels)
     if preset not in VIT_PRESETS:
-        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
+        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS) + sorted(LEVIT_PRESETS)}")
     p = VIT_PRESETS[preset]
     if image_size % p.patch_size:
         raise ValueError(f"image_size={image_size} is not a multiple of patch_size={p.patch_size} ({preset})")
@@ -80,7 +99,34 @@ def build_student(
         id2label=id2label,
         label2id=label2id,
     )
-    return DeiTForImageClassificationWithTeacher(config)
+    model = DeiTForImageClassificationWithTeacher(config)
+    # transformers starts the class/distillation tokens and position embeddings at zero, so both heads read the
+    # same token and the model starts position-blind; DeiT's reference code draws them from a truncated normal.
+    emb = model.deit.embeddings
+    for param in (emb.cls_token, emb.distillation_token, emb.position_embeddings):
+        nn.init.trunc_normal_(param, std=config.initializer_range)
+    return model
+
+
+def _build_levit(p: LevitPreset, id2label: dict[int, str], image_size: int, num_channels: int) -> Any:
+    from transformers import LevitConfig, LevitForImageClassificationWithTeacher
+
+    if image_size % 16:
+        raise ValueError(f"image_size={image_size} must be a multiple of 16 for LeViT's stride-16 stem")
+    config = LevitConfig(
+        image_size=image_size,
+        num_channels=num_channels,
+        patch_size=16,
+        hidden_sizes=list(p.hidden_sizes),
+        num_attention_heads=list(p.num_attention_heads),
+        depths=list(p.depths),
+        key_dim=list(p.key_dim),
+        # LeViT's config types drop_path_rate as int; stochastic depth is left off (0) for this family.
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+    )
+    return LevitForImageClassificationWithTeacher(config)
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
