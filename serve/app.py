@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
 from models.contract import load_contract
+from serve.frames import detector_config
 from serve.ingress import Ingress
 from serve.model import EmotionModel
 from serve.preprocessor import Preprocessor
@@ -51,7 +52,9 @@ def compose(settings: Settings) -> Application:
     model_dir = str(settings.model_dir.resolve())
     load_contract(model_dir)  # fail at build time, not in a replica restart loop
     model = _deployment(EmotionModel).bind(model_dir, settings.ort_threads)
-    preprocessor = _deployment(Preprocessor).bind(model, model_dir, settings.max_image_pixels)
+    preprocessor = _deployment(Preprocessor).bind(
+        model, model_dir, settings.max_image_pixels, detector_config(settings)
+    )
     return _deployment(Ingress).bind(preprocessor, model, settings, settings.key_digests())
 
 

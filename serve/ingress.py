@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from models.contract import load_contract, load_metrics
 from serve.batching import BatchConfig, apply_batch_config, count_images
 from serve.errors import ErrorInfo, Overloaded
+from serve.frames import FrameFaces, frame_metrics
 from serve.metrics import ingress_metrics, keep_gauges_exported
 from serve.settings import Settings
 from serve.state import ServiceState
@@ -51,6 +52,7 @@ class Ingress:
         self._settings = settings
         self._config = BatchConfig(max_batch_size=max(16, settings.max_images_per_request), batch_wait_timeout_s=0.002)
         self._metrics = ingress_metrics()
+        self.frame_metrics = frame_metrics()
         contract = load_contract(settings.model_dir, require_onnx=False)
         self._state = ServiceState(
             pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
@@ -69,6 +71,17 @@ class Ingress:
     async def ready(self) -> bool:
         ready: bool = await asyncio.wait_for(self._model.ready.remote(), timeout=5.0)
         return ready
+
+    async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
+        try:
+            result: FrameFaces | ErrorInfo = await asyncio.wait_for(
+                self._pre.analyze.remote(frame), self._settings.request_timeout_s
+            )
+            return result
+        except BackPressureError:
+            raise Overloaded("the service is saturated (queues full); retry later") from None
+        except (TimeoutError, RayError):
+            raise Overloaded("the service could not answer in time; retry later") from None
 
     async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
         try:

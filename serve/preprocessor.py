@@ -6,7 +6,9 @@ stack. Later stages (face detection for /v1/analyze) add methods here.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from models.contract import load_contract
+from serve.detection import CenterFaceDetector, DetectorConfig
 from serve.errors import ErrorInfo, ServiceError
+from serve.frames import FrameAnalyzer, FrameFaces, with_probabilities
 from serve.imaging import configure_pillow, decode_image
 from serve.metrics import stage_histogram
 
@@ -29,14 +33,38 @@ class Preprocessor:
         model: handle to the EmotionModel deployment.
         model_dir: folder with config.json (the preprocessing contract).
         max_image_pixels: largest accepted width x height.
+        detector: face detector settings for whole frames (``analyze``).
     """
 
-    def __init__(self, model: DeploymentHandle[Any], model_dir: str, max_image_pixels: int) -> None:
+    def __init__(
+        self,
+        model: DeploymentHandle[Any],
+        model_dir: str,
+        max_image_pixels: int,
+        detector: DetectorConfig | None = None,
+    ) -> None:
         self._model = model
         self._contract = load_contract(model_dir, require_onnx=False)
         self._max_pixels = max_image_pixels
         configure_pillow(max_image_pixels)
         self._stage = stage_histogram()
+        self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels)
+        # Decode + detection release the GIL; a small pool keeps them off the event loop without oversubscribing.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="detect")
+
+    async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
+        """Every face of one frame with probabilities; all its faces go to the model as one batch."""
+        try:
+            faces, crops = await asyncio.get_running_loop().run_in_executor(self._pool, self._frames.prepare, frame)
+        except ServiceError as exc:
+            return exc.info()
+        self._stage.observe(faces.detect_ms, tags={"stage": "detect"})
+        if not len(crops):
+            return with_probabilities(faces, np.zeros((0, self._contract.num_classes), np.float32))
+        start = time.perf_counter()
+        probs = await self._model.predict.remote(crops)
+        self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
+        return with_probabilities(faces, probs)
 
     async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
         """Probabilities or an ErrorInfo for every image, in input order."""

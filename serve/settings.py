@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     metrics_export_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus export port.")
     object_store_mb: int = Field(256, ge=64, description="Embedded Ray object store size (emotion serve).")
     access_log: bool = Field(False, description="Ray Serve access logs (cost ~13% throughput).")
+    # Frames and streams (/v1/analyze, /v1/stream): see reports/detection/README.md for how these were chosen.
+    detector_threshold: float = Field(0.45, gt=0, lt=1, description="CenterFace score threshold.")
+    detector_input_size: int = Field(640, ge=0, le=4096, description="Frame long side for detection (0 = native).")
+    detector_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads of the face detector.")
+    min_face_px: int = Field(0, ge=0, description="Drop faces smaller than this (box width or height, pixels).")
+    max_faces: int = Field(64, ge=1, le=1024, description="Most faces classified per frame (best scores kept).")
+    stream_max_pending: int = Field(2, ge=0, le=64, description="Frames waiting per stream before the oldest drops.")
+    stream_concurrency: int = Field(2, ge=1, le=16, description="Frames of one stream analysed at once.")
 
     @field_validator("host")
     @classmethod

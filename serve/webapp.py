@@ -20,12 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import errors
 from serve.auth import check_api_key, presented_key
-from serve.routes import classify, system
+from serve.routes import classify, demo, frames, stream, system
 from serve.state import ServiceState, request_id
 
 logger = logging.getLogger("emotion.ingress")
 
-ROUTERS = (system.router, classify.router)
+ROUTERS = (system.router, classify.router, frames.router, stream.router, demo.router)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
 

@@ -45,8 +45,8 @@ class DetectorConfig:
     threshold: float = 0.45
     nms_iou: float = 0.3
     flip_tta: bool = False
-    min_face_px: int = 8
-    max_faces: int = 32
+    min_face_px: int = 0
+    max_faces: int = 64
     threads: int = 1
 
     def __post_init__(self) -> None:
