@@ -20,6 +20,7 @@ from types import FrameType
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("start the service on an embedded local Ray instance", "serve.cli:serve_main"),
     "predict": ("classify local image files in-process (onnxruntime, no Ray)", "serve.cli:predict_main"),
+    "analyze-video": ("faces + emotions of every frame of a video (in-process, or --url ws://...)", "serve.video:main"),
     "train": ("train a model", "models.train:main"),
     "evaluate": ("evaluate an ONNX model on a test split", "models.evaluate:main"),
     "export": ("export a trained checkpoint to ONNX", "models.export:main"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -77,3 +78,12 @@ class FaceTracker:
                 track.history.append(np.asarray(probabilities[i], dtype=np.float64))
             out.append(Assignment(track.track_id, track.smoothed() if track.history else None))
         return out
+
+
+def track_faces(tracker: FaceTracker, faces: list[dict[str, Any]], labels: Sequence[str]) -> None:
+    """Add ``track_id`` and ``smoothed_label`` to JSON face records (``box``, ``probabilities``) of one frame."""
+    probs = [np.fromiter((f["probabilities"][k] for k in labels), dtype=np.float64) for f in faces]
+    for face, assignment in zip(faces, tracker.update([f["box"] for f in faces], probs), strict=True):
+        face["track_id"] = assignment.track_id
+        if assignment.smoothed is not None:
+            face["smoothed_label"] = labels[int(np.argmax(assignment.smoothed))]

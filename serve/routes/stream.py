@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, WebSocket
 
 from serve.auth import check_api_key, presented_key
@@ -22,7 +20,7 @@ from serve.frames import face_records
 from serve.routes.frames import frame_pipeline
 from serve.state import get_state
 from serve.streaming import Reply, StreamSession
-from serve.tracking import FaceTracker
+from serve.tracking import FaceTracker, track_faces
 
 router = APIRouter(tags=["frames"])
 logger = logging.getLogger("emotion.stream")
@@ -59,7 +57,7 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
         if "faces" in reply:
             metrics.faces.observe(len(reply["faces"]), tags={"route": ROUTE})
             if tracker is not None:
-                _track(tracker, reply["faces"], labels)
+                track_faces(tracker, reply["faces"], labels)
 
     session = StreamSession(
         analyze, websocket.send_json, max_pending=state.settings.stream_max_pending,
@@ -94,11 +92,3 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
         metrics.open_count -= 1
         metrics.open_streams.set(metrics.open_count)
         metrics.dropped.observe(session.dropped)
-
-
-def _track(tracker: FaceTracker, faces: list[dict[str, Any]], labels: tuple[str, ...]) -> None:
-    probs = [np.fromiter((f["probabilities"][k] for k in labels), dtype=np.float64) for f in faces]
-    for face, assignment in zip(faces, tracker.update([f["box"] for f in faces], probs), strict=True):
-        face["track_id"] = assignment.track_id
-        if assignment.smoothed is not None:
-            face["smoothed_label"] = labels[int(np.argmax(assignment.smoothed))]
