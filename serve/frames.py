@@ -18,7 +18,9 @@ from serve.detection import DetectorConfig, FaceDetector
 from serve.detection.crop import crop_faces, decode_frame
 from serve.errors import ErrorInfo
 
-FACES_BUCKETS: list[float] = [0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
+# Ray histogram boundaries must be > 0: the first bucket (<= 0.5) counts frames with no face / no drop.
+FACES_BUCKETS: list[float] = [0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
+DROPPED_BUCKETS: list[float] = [0.5, 1, 2, 5, 10, 20, 50, 100, 500]
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def frame_metrics() -> FrameMetrics:
         frames=Counter("emotion_frames", description="Frames received, by route and outcome (ok, dropped, "
                        "or an error code).", tag_keys=("route", "outcome")),  # type: ignore[arg-type]
         dropped=Histogram("emotion_stream_dropped_frames", description="Frames dropped per closed stream "
-                          "(drop-oldest policy).", boundaries=[0, 1, 2, 5, 10, 20, 50, 100, 500]),
+                          "(drop-oldest policy).", boundaries=DROPPED_BUCKETS),
         open_streams=Gauge("emotion_open_streams", description="WebSocket streams open in this ingress replica."),
     )  # fmt: skip
 
