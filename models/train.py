@@ -49,9 +49,9 @@ class TrainArgs:
     image_size: int = 48
     preset: str = field(default="tiny-p6", metadata={"help": f"ViT size: {sorted(VIT_PRESETS)}"})
     pretrained_dir: str | None = field(default=None, metadata={"help": "local DeiT checkpoint folder to start from"})
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-4
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
@@ -66,7 +66,6 @@ class TrainArgs:
     )
     teacher_lr: float = 2e-3
     teacher_weight_decay: float = 5e-4
-    ema_decay: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     threads: int = 0
     device: str = "auto"
@@ -74,7 +73,7 @@ class TrainArgs:
     wandb: bool = True
     wandb_project: str = "emotion-vit"
     model_name: str = "emotion-vit"
-    model_version: str = "1.0.0"
+    model_version: str = "0.1.0"
 
     def __post_init__(self) -> None:
         if self.distill not in {"hard", "soft", "none"}:
