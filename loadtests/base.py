@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import gevent
 from locust import FastHttpUser
 
 from loadtests.checks import InvalidResponse, check_error
@@ -50,6 +51,7 @@ class EmotionUser(FastHttpUser):
     connection_timeout = 5.0
     labels: tuple[str, ...] = ()
     same_model = False  # the service runs the model in model_dir(): in-process answers are comparable
+    honour_retry_after = False  # sleep for Retry-After (capped at 5 s) after a shed answer, as polite clients do
 
     def on_start(self) -> None:
         contract = local_contract()
@@ -80,9 +82,11 @@ class EmotionUser(FastHttpUser):
             if not resp.status_code:  # no HTTP answer: timeout, refused or reset connection
                 error = getattr(resp, "error", None) or resp.request_meta.get("exception")
                 resp.failure(f"{type(error).__name__}: {error}")
-            elif resp.status_code == 503 and resp.headers.get("retry-after") is not None:
+            elif resp.status_code == 503 and (retry_after := resp.headers.get("retry-after")) is not None:
                 resp.request_meta["name"] = name + SHED_SUFFIX
                 resp.success()
+                if self.honour_retry_after:
+                    gevent.sleep(min(_seconds(retry_after), 5.0))
             elif resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code} {_error_code(resp.text)}")
             else:
@@ -92,6 +96,13 @@ class EmotionUser(FastHttpUser):
                     resp.failure(f"invalid response: {exc}")
                 else:
                     resp.success()
+
+
+def _seconds(retry_after: str) -> float:
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:  # an HTTP date: not worth parsing for a load test
+        return 1.0
 
 
 def _error_code(text: str | None) -> str:

@@ -1,13 +1,15 @@
 """Step load: single-face users added in steps until the service saturates; checks it sheds rather than times out.
 
 Each step adds ``--step-users`` closed-loop users and holds for ``--step-seconds``. 503 + Retry-After is counted
-as shed (``POST /v1/classify [shed]`` rows); timeouts and any other 5xx are failures (exit code 1). At the end a
-per-step table (users, requests/s, shed/s, failures, p95) and the saturation step (throughput stops growing by
->= 5%) are logged and written to ``<--csv prefix>_steps.json``. ``--require-shed`` also fails the run when the
-service never shed (use it with enough users to pass EMOTION_MAX_INFLIGHT_REQUESTS).
+as shed (``POST /v1/classify [shed]`` rows); timeouts and any other 5xx are failures (exit code 1). Users honour
+Retry-After (sleep, capped at 5 s); ``--ignore-retry-after`` makes them retry at once (a retry storm: what refusing
+costs the service). At the end a per-step table (users, requests/s, shed/s, failures, p95) and the saturation step
+(served throughput stops growing by >= 5%) are logged and written to ``<--csv prefix>_steps.json``.
+``--require-shed`` also fails the run when the service never shed (give enough users to pass
+EMOTION_MAX_INFLIGHT_REQUESTS, default 256).
 
-    locust -f loadtests/step_load.py -H http://127.0.0.1:8000 --headless --step-users 16 --step-seconds 15 \
-        --max-users 320 --csv reports/loadtests/step_load --html reports/loadtests/step_load.html
+    locust -f loadtests/step_load.py -H http://127.0.0.1:8000 --headless --step-users 32 --step-seconds 15 \
+        --max-users 384 --require-shed --csv reports/loadtests/step_load --html reports/loadtests/step_load.html
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ from typing import Any
 from locust import LoadTestShape, events
 from locust.env import Environment
 
+from loadtests import single_face
 from loadtests.base import SHED_SUFFIX, on
-from loadtests.single_face import SingleFaceUser
-
-__all__ = ["SingleFaceUser", "StepLoadShape"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ def _add_arguments(parser: Any) -> None:
     parser.add_argument("--step-seconds", type=float, default=15.0, help="seconds each step lasts")
     parser.add_argument("--max-users", type=int, default=320, help="stop after the step that reaches this")
     parser.add_argument("--require-shed", action="store_true", help="fail unless at least one request was shed")
+    parser.add_argument("--ignore-retry-after", action="store_true", help="retry at once after a 503")
+
+
+class StepLoadUser(single_face.SingleFaceUser):
+    def on_start(self) -> None:
+        super().on_start()
+        self.honour_retry_after = not getattr(self.environment.parsed_options, "ignore_retry_after", False)
 
 
 @dataclass
