@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-PYTEST_ARGS ?= -m "not slow and not browser"
+PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: serve test lint fuzz rayservice clean-venv
 
