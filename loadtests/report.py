@@ -139,7 +139,8 @@ def plot(rows: Rows, out: Path) -> None:
                 ax.set_ylabel(ylabel)
                 ax.set_yscale("log")
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / filename, dpi=90)
         plt.close(fig)
