@@ -237,7 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         specs.append(("noop", [py, "-m", "loadtests.baseline_server", "--noop", "--port", str(p)], p, {}, None))
     if "baseline" in targets:
         p = port()
-        base = [py, "-m", "loadtests.baseline_server", "--port", str(p), "--model-dir", str(args.model_dir)]
+        base = [py, "-m", "loadtests.baseline_server", "--port", str(p), "--model-dir", str(args.model_dir),
+                "--threads", str(args.baseline_threads)]  # fmt: skip
         specs.append(("baseline", base, p, {}, None))
     variants: list[tuple[str, dict[str, str]]] = [("ray", {})] if "ray" in targets else []
     variants += [parse_variant(v) for v in args.ray_variant]
@@ -282,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per cell (full run)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--baseline-threads", type=int, default=0, help="baseline's onnxruntime threads (0 = default)")
     parser.add_argument("--ray-cmd", help="command starting the Ray graph (default: python -m serve.cli serve)")
     parser.add_argument(
         "--ray-variant",
