@@ -147,3 +147,12 @@ def test_video_command_through_the_service(service: Service, tmp_path: Path) -> 
     assert (tmp_path / "emotion_timeline.png").stat().st_size > 10_000
     assert (tmp_path / "contact_sheet.png").is_file()
     assert len((tmp_path / "frames.jsonl").read_text().splitlines()) == 105
+
+
+def test_frame_metrics_are_exported(service: Service) -> None:
+    frames = _jpeg_frames(_data("video", "facenet_pytorch_walking_crowd.mp4"))[:3]
+    stream(service, frames, window=1)
+    text = service.wait_for_metric("ray_emotion_stream_dropped_frames_bucket")
+    for name in ("ray_emotion_faces_per_frame_bucket", "ray_emotion_frames_total", "ray_emotion_open_streams"):
+        assert name in text, name
+    assert 'stage="detect"' in text
