@@ -136,17 +136,17 @@ def test_bad_frames_and_abrupt_disconnects_leave_the_service_healthy(service: Se
     assert [("faces" in r) for r in replies] == [True, True]
 
 
-def test_video_command_through_the_service(service: Service, tmp_path: Path) -> None:
+@pytest.mark.parametrize("clip", sorted(CLIPS))
+def test_video_command_through_the_service(service: Service, tmp_path: Path, clip: str) -> None:
     from serve.video import main
 
-    clip = _data("video", "facenet_pytorch_walking_crowd.mp4")
     url = service.url.replace("http://", "ws://")
-    assert main([str(clip), "--url", url, "--api-key", API_KEY, "--out", str(tmp_path)]) == 0
+    assert main([str(_data("video", clip)), "--url", url, "--api-key", API_KEY, "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["replies"] == 105 and summary["in_order"] and summary["errors"] == 0
+    assert summary["replies"] == CLIPS[clip] and summary["in_order"] and summary["errors"] == 0
     assert (tmp_path / "emotion_timeline.png").stat().st_size > 10_000
     assert (tmp_path / "contact_sheet.png").is_file()
-    assert len((tmp_path / "frames.jsonl").read_text().splitlines()) == 105
+    assert len((tmp_path / "frames.jsonl").read_text().splitlines()) == CLIPS[clip]
 
 
 def test_frame_metrics_are_exported(service: Service) -> None:
