@@ -84,7 +84,7 @@ def build_student(
     p = VIT_PRESETS[preset]
     if image_size % p.patch_size:
         raise ValueError(f"image_size={image_size} is not a multiple of patch_size={p.patch_size} ({preset})")
-    config = DeiTConfig(
+    config = DeiTConfig(  # type: ignore[call-arg]  # transformers' typed config omits inherited kwargs
         image_size=image_size,
         patch_size=p.patch_size,
         num_channels=num_channels,
@@ -113,7 +113,7 @@ def _build_levit(p: LevitPreset, id2label: dict[int, str], image_size: int, num_
 
     if image_size % 16:
         raise ValueError(f"image_size={image_size} must be a multiple of 16 for LeViT's stride-16 stem")
-    config = LevitConfig(
+    config = LevitConfig(  # type: ignore[call-arg]
         image_size=image_size,
         num_channels=num_channels,
         patch_size=16,

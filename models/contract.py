@@ -177,9 +177,12 @@ def check_onnx_matches(contract: ModelContract, session: Any) -> None:
     shape = inputs[spec.name].shape
     expected = [spec.channels, spec.height, spec.width]
     if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)):
-        raise ContractError(f"ONNX input {spec.name!r} has shape {shape}; config.json says [N, {', '.join(map(str, expected))}]")
+        raise ContractError(
+            f"ONNX input {spec.name!r} has shape {shape}; config.json says [N, {', '.join(map(str, expected))}]"
+        )
     out_shape = outputs[contract.output.name].shape
     if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != contract.num_classes):
         raise ContractError(
-            f"ONNX output {contract.output.name!r} has shape {out_shape}; config.json lists {contract.num_classes} labels"
+            f"ONNX output {contract.output.name!r} has shape {out_shape}; "
+            f"config.json lists {contract.num_classes} labels"
         )

@@ -111,7 +111,8 @@ def load_split(
     root = Path(root)
     if not root.exists():
         raise DatasetError(
-            f"dataset path {str(root)!r} does not exist (set --data-dir or ${DATA_DIR_ENV} to the folder that holds fer2013/)"
+            f"dataset path {str(root)!r} does not exist "
+            f"(set --data-dir or ${DATA_DIR_ENV} to the folder that holds fer2013/)"
         )
     parquet = root / f"{split}.parquet"
     folder = root / split
@@ -120,7 +121,9 @@ def load_split(
     elif folder.is_dir():
         records = _folder_records(folder)
     else:
-        raise DatasetError(f"no split {split!r} under {str(root)!r}: expected {parquet.name} or a folder {split}/<label>/")
+        raise DatasetError(
+            f"no split {split!r} under {str(root)!r}: expected {parquet.name} or a folder {split}/<label>/"
+        )
     return _decode(records, classes, color_mode=color_mode, size=size, resize=resize, where=f"{root}/{split}")
 
 
@@ -200,12 +203,12 @@ def _decode(
             dropped[label] = dropped.get(label, 0) + 1
             continue
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                img = img.convert(color_mode)
+            with Image.open(io.BytesIO(data)) as raw:
+                img = raw.convert(color_mode)
                 if img.size != (width, height):
                     img = img.resize((width, height), _RESAMPLING[resize])
                 pixels = np.asarray(img, dtype=np.uint8)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means "corrupt", counted and skipped
+        except Exception as exc:  # any decoder failure means "corrupt": counted and skipped, never fatal
             skipped += 1
             logger.warning("skipping unreadable image %s (%s)", path or "<no path>", exc)
             continue

@@ -108,13 +108,11 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = data.y.shape[0]
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    count = 0
-    for start in range(0, n, batch_size):
+    for count, start in enumerate(range(0, n, batch_size)):
         if limit and count >= limit:
             return
         idx = order[start : start + batch_size].to(data.x.device)
         yield data.x[idx], data.y[idx]
-        count += 1
 
 
 # ----------------------------------------------------------------------------------------------- schedule and loop
@@ -131,7 +129,9 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, base_lr: float, min_
 
 
 @torch.no_grad()
-def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], data: Tensors, batch_size: int = 512) -> torch.Tensor:
+def predict_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor], data: Tensors, batch_size: int = 512
+) -> torch.Tensor:
     return torch.cat([forward(x) for x, _ in batches(data, batch_size, shuffle=False)])
 
 
@@ -147,7 +147,8 @@ class Stage:
         self.name, self.dir, self.model, self.optimizer, self.epochs = name, root / name, model, optimizer, epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.steps_per_epoch = steps_per_epoch
-        self.start_epoch, self.best_accuracy, self.history = 0, -1.0, []
+        self.start_epoch, self.best_accuracy = 0, -1.0
+        self.history: list[dict[str, Any]] = []
         self.dir.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -162,11 +163,13 @@ class Stage:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.start_epoch, self.best_accuracy, self.history = state["epoch"] + 1, state["best_accuracy"], state["history"]
+        self.start_epoch, self.best_accuracy = state["epoch"] + 1, state["best_accuracy"]
+        self.history = state["history"]
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
-        logger.info("%s: resumed after epoch %d (best val accuracy %.4f)", self.name, state["epoch"] + 1, self.best_accuracy)
+        logger.info("%s: resumed after epoch %d (best val accuracy %.4f)", self.name, state["epoch"] + 1,
+                    self.best_accuracy)
 
     def checkpoint(self, epoch: int) -> None:
         state = {
@@ -202,12 +205,12 @@ def run_epochs(
         for x, y in bar:
             loss, logits = loss_fn(augment_batch(x, args.augment, aug_gen), y)
             stage.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(stage.model.parameters(), 1.0)
             stage.optimizer.step()
             stage.scheduler.step()
             seen += y.shape[0]
-            loss_sum += float(loss) * y.shape[0]
+            loss_sum += float(loss.detach()) * y.shape[0]
             correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         stage.model.eval()
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = None
     if args.distill != "none":
         teacher = train_teacher(args, out, train, val, contract.input.channels, contract.num_classes, log)
-    student, best_val = train_student(args, out, train, val, contract, teacher, log)
+    _, best_val = train_student(args, out, train, val, contract, teacher, log)
 
     # Final evaluation: the best student on the held-out test split, read only now.
     import transformers
@@ -423,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["teacher_test_accuracy"] = evaluate_logits(predict_logits(teacher, test), test.y)["accuracy"]
     (out / "final_report.json").write_text(json.dumps(summary, indent=2))
     log.finish(summary, test.y.tolist(), logits.argmax(1).tolist(), contract.labels)
-    logger.info("done: %s; best model in %s (next: emotion export --checkpoint %s)", summary, out / "best", out / "best")
+    logger.info("done: %s; best model in %s (next: emotion export --checkpoint %s)", summary, out / "best",
+                out / "best")
     return 0
 
 
