@@ -18,7 +18,7 @@ from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
 # Only these decoders are ever run on client bytes: a smaller attack surface than Pillow's ~40 formats.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
-_RESAMPLING = {
+RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
@@ -45,34 +45,43 @@ def decode_image(data: bytes, contract: ModelContract, *, max_pixels: int) -> np
     Raises:
         EmptyBody, InvalidImage, ImageTooLarge.
     """
+    return _to_contract(open_image(data, max_pixels=max_pixels), contract)
+
+
+def open_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image.Image:
+    """Decode client bytes into an EXIF-upright Pillow image; ``what`` names it in error messages.
+
+    Raises:
+        EmptyBody, InvalidImage, ImageTooLarge (checked from the header, before any pixel is decoded).
+    """
     if not data:
-        raise EmptyBody("the image is empty (0 bytes)")
+        raise EmptyBody(f"the {what} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+                raise ImageTooLarge(f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             if width < 1 or height < 1:
-                raise InvalidImage(f"image has no pixels ({width}x{height})")
-            return _to_contract(img, contract)
+                raise InvalidImage(f"{what} has no pixels ({width}x{height})")
+            # exif_transpose decodes the pixels: any truncation or corruption surfaces here, inside the guard.
+            return ImageOps.exif_transpose(img)
     except (ImageTooLarge, InvalidImage):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"image exceeds the pixel limit of {max_pixels}") from None
+        raise ImageTooLarge(f"{what} exceeds the pixel limit of {max_pixels}") from None
     except UnidentifiedImageError:
         raise InvalidImage("not a JPEG, PNG or WebP image") from None
     except Exception as exc:
-        raise InvalidImage(f"the image could not be decoded ({type(exc).__name__})") from None
+        raise InvalidImage(f"the {what} could not be decoded ({type(exc).__name__})") from None
 
 
 def _to_contract(img: Image.Image, contract: ModelContract) -> np.ndarray:
-    img = ImageOps.exif_transpose(img)  # honours the EXIF orientation tag, as a phone's viewer would
     img = img.convert(contract.preprocessing.color_mode)
     size = (contract.input.width, contract.input.height)
     if img.size != size:
-        img = img.resize(size, _RESAMPLING[contract.preprocessing.resize])
+        img = img.resize(size, RESAMPLING[contract.preprocessing.resize])
     return np.asarray(img, dtype=np.uint8)
 
 

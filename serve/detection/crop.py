@@ -7,23 +7,13 @@ size. Boxes stay in the original (EXIF-upright) image's pixel coordinates.
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from models.contract import ModelContract
-from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
-from serve.imaging import ALLOWED_FORMATS
-
-_RESAMPLING = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+from serve.imaging import RESAMPLING, open_image
 
 
 def decode_frame(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -32,24 +22,7 @@ def decode_frame(data: bytes, *, max_pixels: int) -> Image.Image:
     Raises:
         EmptyBody, InvalidImage, ImageTooLarge (checked from the header, before any pixel is decoded).
     """
-    if not data:
-        raise EmptyBody("the frame is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(f"frame is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except ImageTooLarge:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"frame exceeds the pixel limit of {max_pixels}") from None
-    except UnidentifiedImageError:
-        raise InvalidImage("not a JPEG, PNG or WebP image") from None
-    except Exception as exc:
-        raise InvalidImage(f"the frame could not be decoded ({type(exc).__name__})") from None
+    return open_image(data, max_pixels=max_pixels, what="frame").convert("RGB")
 
 
 def square_region(box: Sequence[float], margin: float) -> tuple[int, int, int, int]:
@@ -91,6 +64,6 @@ def crop_faces(image: Image.Image, boxes: Sequence[Sequence[float]], contract: M
     out = np.empty((len(boxes), *shape), dtype=np.uint8)
     for i, box in enumerate(boxes):
         face = crop_square(pixels, square_region(box, pre.face_margin))
-        resized = Image.fromarray(face).resize((spec.width, spec.height), _RESAMPLING[pre.resize])
+        resized = Image.fromarray(face).resize((spec.width, spec.height), RESAMPLING[pre.resize])
         out[i] = np.asarray(resized, dtype=np.uint8)
     return out
