@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import re
 import signal
 import socket
@@ -25,9 +26,12 @@ class ServerError(RuntimeError):
 
 
 def free_port(low: int = 8100, high: int = 8199, taken: Sequence[int] = ()) -> int:
-    """The first port in [low, high] that binds on 0.0.0.0 without SO_REUSEADDR (so no listener and no
-    TIME_WAIT leftovers: servers that check their port strictly accept it too)."""
-    for port in range(low, high + 1):
+    """A random port in [low, high] that binds on 0.0.0.0 without SO_REUSEADDR (so no listener and no
+    TIME_WAIT leftovers: servers that check their port strictly accept it too). Random, not the first, so that
+    concurrent benchmark/test runs on one machine rarely pick the same one (``Server.start`` also checks)."""
+    ports = list(range(low, high + 1))
+    random.shuffle(ports)
+    for port in ports:
         if port in taken:
             continue
         with socket.socket() as sock:
@@ -72,11 +76,19 @@ class Server:
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
             with contextlib.suppress(OSError, http.client.HTTPException):
-                if http_get(self.port, self.ready_path)[0] == 200:
+                if http_get(self.port, self.ready_path)[0] == 200 and self.owns_port():
                     return
             time.sleep(0.25)
         self.stop()
         raise ServerError(f"{self.name} not ready on port {self.port} after {timeout:.0f} s; see {self.log}")
+
+    def owns_port(self) -> bool:
+        """True when a process of this server's tree listens on ``port`` (not some other run's server)."""
+        for proc in self.processes():
+            with contextlib.suppress(psutil.Error):
+                if any(c.laddr.port == self.port and c.status == psutil.CONN_LISTEN for c in proc.net_connections()):
+                    return True
+        return False
 
     def processes(self) -> list[psutil.Process]:
         if self.proc is None or self.proc.poll() is not None:
