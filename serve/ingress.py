@@ -6,7 +6,9 @@ The app is built inside the replica (``__serve_build_asgi_app__``), around this 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from models.contract import load_contract, load_metrics
+from serve.admission import FRAME_COST, Admission
 from serve.batching import BatchConfig, apply_batch_config, count_images
 from serve.errors import ErrorInfo, Overloaded
 from serve.frames import FrameFaces, frame_metrics
@@ -27,7 +30,11 @@ from serve.webapp import create_app
 
 
 @serve.deployment(
-    name="Ingress", max_ongoing_requests=256, max_queued_requests=512, ray_actor_options={"num_cpus": 0.5}
+    name="Ingress",
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    ray_actor_options={"num_cpus": 0.5},
+    backpressure_config={"status_code": 503, "retry_after_s": 1},
 )
 @serve.ingress()
 class Ingress:
@@ -52,6 +59,7 @@ class Ingress:
         self._settings = settings
         self._config = BatchConfig(max_batch_size=max(16, settings.max_images_per_request), batch_wait_timeout_s=0.002)
         self._metrics = ingress_metrics()
+        self._admission = Admission(settings.max_inflight_images, settings.max_queue_delay_s)
         self.frame_metrics = frame_metrics()
         contract = load_contract(settings.model_dir, require_onnx=False)
         self._state = ServiceState(
@@ -59,7 +67,10 @@ class Ingress:
             metrics=self._metrics, key_digests=key_digests, echo_request_id=False,
         )  # fmt: skip
 
-        keep_gauges_exported([(self._metrics.ongoing, lambda: float(self._state.ongoing))])
+        keep_gauges_exported([
+            (self._metrics.ongoing, lambda: float(self._state.ongoing)),
+            (self.frame_metrics.open_streams, lambda: float(self.frame_metrics.open_count)),
+        ])
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)
@@ -73,28 +84,20 @@ class Ingress:
         return ready
 
     async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
-        try:
+        with self._admission.admit(FRAME_COST), _overload_as_503():
             result: FrameFaces | ErrorInfo = await asyncio.wait_for(
                 self._pre.analyze.remote(frame), self._settings.request_timeout_s
             )
             return result
-        except BackPressureError:
-            raise Overloaded("the service is saturated (queues full); retry later") from None
-        except (TimeoutError, RayError):
-            raise Overloaded("the service could not answer in time; retry later") from None
 
     async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
-        try:
+        with self._admission.admit(len(images)), _overload_as_503():
             if len(images) > self._config.max_batch_size:
                 return await asyncio.wait_for(self._call(images), self._settings.request_timeout_s)
             result: list[np.ndarray | ErrorInfo] = await asyncio.wait_for(
                 self._coalesce(images), self._settings.request_timeout_s
             )
             return result
-        except BackPressureError:
-            raise Overloaded("the service is saturated (queues full); retry later") from None
-        except (TimeoutError, RayError):
-            raise Overloaded("the service could not answer in time; retry later") from None
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=count_images)
     async def _coalesce(self, requests: list[list[bytes]]) -> list[list[np.ndarray | ErrorInfo]]:
@@ -111,3 +114,14 @@ class Ingress:
         results: list[np.ndarray | ErrorInfo] = await self._pre.classify.remote(images)
         self._metrics.stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "preprocess_call"})
         return results
+
+
+@contextlib.contextmanager
+def _overload_as_503() -> Iterator[None]:
+    """Full downstream queues (max_queued_requests), timeouts and lost replicas become 503 overloaded + Retry-After."""
+    try:
+        yield
+    except BackPressureError:
+        raise Overloaded("the service is saturated (queues full); retry later") from None
+    except (TimeoutError, RayError):
+        raise Overloaded("the service could not answer in time; retry later") from None

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from serve.fastmode import apply_fast_mode
 from serve.inference import OnnxClassifier
 from serve.settings import Settings
 
@@ -57,6 +58,7 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
 
     opts = ray_options or RayOptions(object_store_mb=settings.object_store_mb)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    apply_fast_mode()  # before ray.init: every Ray process (controller, HAProxy, replicas) reads it at start
     init_kwargs: dict[str, Any] = {
         "num_cpus": opts.num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,

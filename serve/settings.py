@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_000_000, ge=1, description="Largest accepted image (width x height).")
     max_images_per_request: int = Field(32, ge=1, le=1024, description="Most images in one batch request.")
     max_inflight_requests: int = Field(256, ge=1, description="Per ingress replica; beyond it -> 503 overloaded.")
+    max_inflight_images: int = Field(
+        128, ge=1, description="Per ingress replica: images (a frame counts 4) being processed; beyond -> 503."
+    )
+    max_queue_delay_s: float = Field(
+        1.0, ge=0, description="Per ingress replica: 503 while the oldest request in progress is older (0 = off)."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Give up on a request after this long (503).")
     retry_after_s: int = Field(1, ge=0, description="Retry-After header value sent with 503 overloaded.")
     ort_threads: int = Field(1, ge=1, le=256, description="onnxruntime intra_op_num_threads per model replica.")
