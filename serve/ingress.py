@@ -67,10 +67,12 @@ class Ingress:
             metrics=self._metrics, key_digests=key_digests, echo_request_id=False,
         )  # fmt: skip
 
-        keep_gauges_exported([
-            (self._metrics.ongoing, lambda: float(self._state.ongoing)),
-            (self.frame_metrics.open_streams, lambda: float(self.frame_metrics.open_count)),
-        ])
+        keep_gauges_exported(
+            [
+                (self._metrics.ongoing, lambda: float(self._state.ongoing)),
+                (self.frame_metrics.open_streams, lambda: float(self.frame_metrics.open_count)),
+            ]
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._state)
@@ -99,7 +101,9 @@ class Ingress:
             )
             return result
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=count_images)
+    # Batches are formed as requests arrive and then wait for a free slot: with one slot (the default), requests
+    # arriving one by one form batches of one that run strictly in turn (~50 req/s, at any offered load).
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=count_images, max_concurrent_batches=4)
     async def _coalesce(self, requests: list[list[bytes]]) -> list[list[np.ndarray | ErrorInfo]]:
         flat = [image for request in requests for image in request]
         results = await self._call(flat)
