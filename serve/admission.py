@@ -35,14 +35,18 @@ class Admission:
     def oldest_age_s(self) -> float:
         return time.monotonic() - next(iter(self._started.values())) if self._started else 0.0
 
-    @contextlib.contextmanager
-    def admit(self, cost: int) -> Iterator[None]:
-        """Hold ``cost`` units while the block runs; raise Overloaded (503 + Retry-After) when saturated."""
+    def check(self, cost: int = 1) -> None:
+        """Raise Overloaded (503 + Retry-After) when ``cost`` more units would not be admitted now."""
         if self.inflight:
             if self.inflight + cost > self.limit:
                 raise Overloaded(f"the service is saturated ({self.inflight} images in progress); retry later")
             if self.max_delay_s and self.oldest_age_s() > self.max_delay_s:
                 raise Overloaded(f"the service is saturated (requests wait over {self.max_delay_s:g} s); retry later")
+
+    @contextlib.contextmanager
+    def admit(self, cost: int) -> Iterator[None]:
+        """Hold ``cost`` units while the block runs; raise Overloaded when saturated (see ``check``)."""
+        self.check(cost)
         token = next(self._ids)
         self._started[token] = time.monotonic()
         self.inflight += cost

@@ -64,7 +64,7 @@ class Ingress:
         contract = load_contract(settings.model_dir, require_onnx=False)
         self._state = ServiceState(
             pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
-            metrics=self._metrics, key_digests=key_digests, echo_request_id=False,
+            metrics=self._metrics, key_digests=key_digests, echo_request_id=False, admission=self._admission,
         )  # fmt: skip
 
         keep_gauges_exported(
@@ -103,7 +103,7 @@ class Ingress:
 
     # Batches are formed as requests arrive and then wait for a free slot: with one slot (the default), requests
     # arriving one by one form batches of one that run strictly in turn (~50 req/s, at any offered load).
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=count_images, max_concurrent_batches=4)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=count_images, max_concurrent_batches=8)
     async def _coalesce(self, requests: list[list[bytes]]) -> list[list[np.ndarray | ErrorInfo]]:
         flat = [image for request in requests for image in request]
         results = await self._call(flat)

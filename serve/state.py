@@ -9,6 +9,7 @@ import numpy as np
 from starlette.requests import HTTPConnection
 
 from models.contract import ModelContract
+from serve.admission import Admission
 from serve.errors import ErrorInfo
 from serve.metrics import IngressMetrics
 from serve.settings import Settings
@@ -39,6 +40,8 @@ class ServiceState:
     # Serve's proxy already puts X-Request-ID (the client's, or its own) on every response it forwards.
     echo_request_id: bool = True
     ongoing: int = 0
+    # The ingress's admission guard: the HTTP middleware sheds /v1/ requests before reading their bodies.
+    admission: Admission | None = None
 
     @property
     def model_ref(self) -> dict[str, str]:
