@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 from models.augment import AugmentConfig, augment_batch  # noqa: E402
 from models.contract import CHECKPOINT_CONTRACT_FILE, load_contract  # noqa: E402
-from models.train import TrainArgs, cosine_with_warmup, main, parse_args  # noqa: E402
+from models.loop import cosine_with_warmup  # noqa: E402
+from models.train import TrainArgs, main, parse_args  # noqa: E402
 
 pytestmark = pytest.mark.train
 
