@@ -93,7 +93,7 @@ def _install_middleware(app: FastAPI, state: ServiceState) -> None:
             # Own bound on top of Serve's queues: shed load at once instead of letting latency grow.
             if state.ongoing >= settings.max_inflight_requests:
                 raise errors.Overloaded("the service is saturated; retry later")
-            if state.admission is not None and request.url.path.startswith("/v1/"):
+            if state.admission is not None and request.method == "POST" and request.url.path.startswith("/v1/"):
                 state.admission.check()  # cheap early 503: no routing, no body read
         except errors.ServiceError as exc:
             response: Response = error_response(exc, rid, state)
