@@ -55,6 +55,9 @@ def fast_mode_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     if {**wanted, **env}["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
         if "RAY_SERVE_HAPROXY_BINARY_PATH" not in env:
             wanted["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(WRAPPER)
+        # The wrapper needs the real binary; an inherited environment may carry the wrapper's path without it
+        # (e.g. a parent process that cleared EMOTION_* variables), so check the pair, not just the path.
+        if {**wanted, **env}["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(WRAPPER) and not env.get("EMOTION_HAPROXY_BINARY"):
             wanted["EMOTION_HAPROXY_BINARY"] = _real_haproxy()
         for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
             wanted[key] = str(_free_loopback_port())
