@@ -29,8 +29,8 @@ test: $(VENV)/.dev-installed
 	RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check serve tests
-	$(BIN)/mypy serve
+	$(BIN)/ruff check .
+	$(BIN)/mypy serve models loadtests
 
 # >= 10,000 hostile requests against a freshly started service (about 5 minutes on 2 cores).
 fuzz: $(VENV)/.dev-installed
