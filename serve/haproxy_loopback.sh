@@ -11,12 +11,16 @@ for arg in "$@"; do
     prev="$arg"
 done
 [ -n "$cfg" ] || exec "$real" "$@"
-copy="$cfg.loopback"
+# On a reload Ray may hand back the path it last started us with (our copy): always rewrite from Ray's own file,
+# which is where it writes the new configuration, into one copy beside it.
+base="${cfg%%.loopback*}"
+[ -f "$base" ] || base="$cfg"
+copy="$base.loopback"
 awk '/^[a-z]/ { section = $1 " " $2 }
      (section == "frontend prometheus" || section == "listen stats") && /^[[:space:]]*bind[[:space:]]+\*?:/ {
          sub(/bind[[:space:]]+\*?:/, "bind 127.0.0.1:")
      }
-     { print }' "$cfg" > "$copy.tmp"
+     { print }' "$base" > "$copy.tmp"
 mv "$copy.tmp" "$copy"
 for arg in "$@"; do
     shift
