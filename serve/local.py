@@ -58,7 +58,7 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
 
     opts = ray_options or RayOptions(object_store_mb=settings.object_store_mb)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    apply_fast_mode()  # before ray.init: every Ray process (controller, HAProxy, replicas) reads it at start
+    added = apply_fast_mode()  # before ray.init: every Ray process (controller, HAProxy, replicas) reads it at start
     init_kwargs: dict[str, Any] = {
         "num_cpus": opts.num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,
@@ -73,6 +73,11 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
     if opts.temp_dir:
         init_kwargs["_temp_dir"] = opts.temp_dir
     ray.init(**init_kwargs)
+    # Ray's processes took fast mode (and its per-instance free ports) when they started. Keep it out of this
+    # process's environment so that anything started from here later (another service, a test's subprocess)
+    # picks its own ports instead of inheriting ours and colliding with them.
+    for key in added:
+        os.environ.pop(key, None)
     serve.start(
         http_options={"host": settings.host, "port": settings.port},
         logging_config={"enable_access_log": settings.access_log},
