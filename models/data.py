@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CLASSES: tuple[str, ...] = ("angry", "happy", "sad")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 DATA_DIR_ENV = "EMOTION_DATA_DIR"
-_RESAMPLING = {
+RESAMPLING = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
@@ -206,7 +206,7 @@ def _decode(
             with Image.open(io.BytesIO(data)) as raw:
                 img = raw.convert(color_mode)
                 if img.size != (width, height):
-                    img = img.resize((width, height), _RESAMPLING[resize])
+                    img = img.resize((width, height), RESAMPLING[resize])
                 pixels = np.asarray(img, dtype=np.uint8)
         except Exception as exc:  # any decoder failure means "corrupt": counted and skipped, never fatal
             skipped += 1

@@ -13,17 +13,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.contract import ModelContract
+from models.data import RESAMPLING  # one table for training and serving
 from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
 
 # Only these decoders are ever run on client bytes: a smaller attack surface than Pillow's ~40 formats.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 MEDIA_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
-RESAMPLING = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 def configure_pillow(max_image_pixels: int) -> None:
