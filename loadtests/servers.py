@@ -74,13 +74,21 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
+                raise ServerError(f"{self.name} exited with {self.proc.returncode}; {self.log_tail()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 if http_get(self.port, self.ready_path)[0] == 200 and self.owns_port():
                     return
             time.sleep(0.25)
         self.stop()
-        raise ServerError(f"{self.name} not ready on port {self.port} after {timeout:.0f} s; see {self.log}")
+        raise ServerError(f"{self.name} not ready on port {self.port} after {timeout:.0f} s; {self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log, so that a failure on a machine we cannot log into explains itself."""
+        try:
+            tail = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            return f"its log {self.log} cannot be read ({exc})"
+        return f"last {len(tail)} lines of {self.log}:\n" + "\n".join(tail)
 
     def owns_port(self) -> bool:
         """True when a process of this server's tree listens on ``port`` (not some other run's server)."""
