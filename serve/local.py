@@ -60,6 +60,10 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     added = apply_fast_mode()  # before ray.init: every Ray process (controller, HAProxy, replicas) reads it at start
     init_kwargs: dict[str, Any] = {
+        # Always a new private instance: without an address, ray.init joins any Ray it finds on this machine
+        # (RAY_ADDRESS, the last `ray start`, or any running gcs_server process, e.g. a test's or a benchmark's
+        # instance still shutting down) and then refuses num_cpus with "When connecting to an existing cluster...".
+        "address": "local",
         "num_cpus": opts.num_cpus or os.cpu_count() or 1,
         "include_dashboard": False,
         "log_to_driver": False,

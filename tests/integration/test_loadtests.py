@@ -57,7 +57,9 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     metrics_port = free_port(taken=[port])
     env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(port), "EMOTION_METRICS_EXPORT_PORT": str(metrics_port),
-           "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+           "RAY_USAGE_STATS_ENABLED": "0",
+           # `emotion serve` starts its own Ray whatever the environment points at (here: nothing listens there).
+           "RAY_ADDRESS": "127.0.0.1:9"}  # fmt: skip
     log = tmp_path_factory.mktemp("service") / "serve.log"
     server = Server("service", [sys.executable, "-m", "serve.cli", "serve"], port, log, env)
     server.start(timeout=240)
