@@ -3,6 +3,8 @@ and the Ray Serve graph, closed loop (N clients) and open loop (fixed rates), si
 
     python -m loadtests.benchmark --out reports/benchmark            # full run, < ~10 minutes
     python -m loadtests.benchmark --out reports/tmp/bench --quick    # CI smoke, < ~60 s
+    python -m loadtests.benchmark --out reports/tmp/ab --criteria-only --targets onnxruntime,baseline,ray \
+        --ray-variant serial=EMOTION_ORT_PARALLEL_RUNS=1               # A/B of one change, ~3 minutes
 
 Writes ``benchmark.md`` (table), ``throughput.png``, ``p99.png`` and ``results.json`` into ``--out``; server logs
 go to ``--logs``. Servers bind 127.0.0.1 on free ports in 8100-8199 and are stopped at the end.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import shlex
@@ -61,6 +64,9 @@ QUICK = Plan(
     batch_rates=(),
     metrics_wait=1.5,
 )
+
+# A/B runs of one change: only the cells that the criteria read (closed loop), in a few minutes.
+CRITERIA_ONLY = Plan(single_clients=(8,), single_rates=(), batch_clients=(1, 2, 4), batch_rates=())
 
 
 @dataclass
@@ -201,6 +207,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK if args.quick else Plan(seconds=args.seconds)
+    if args.criteria_only:
+        plan = dataclasses.replace(CRITERIA_ONLY, seconds=args.seconds)
     contract = load_contract(args.model_dir)
     labels = contract.labels
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -280,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "benchmark", help="report folder")
     parser.add_argument("--logs", type=Path, default=REPO / "reports" / "tmp" / "benchmark-logs")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 2 s cells, fewer loads (< ~60 s)")
+    parser.add_argument("--criteria-only", action="store_true", help="A/B: only the cells the criteria read")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per cell (full run)")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)

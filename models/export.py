@@ -10,7 +10,6 @@ faces (when a dataset is given) or random inputs; the export fails when they dif
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.architectures import LogitsOnly
+from models.architectures import LogitsOnly, load_student
 from models.contract import CHECKPOINT_CONTRACT_FILE, CONFIG_FILE, ContractError, ModelContract, load_contract
 
 logger = logging.getLogger(__name__)
@@ -31,18 +30,16 @@ OPSET = 18
 
 def load_checkpoint(checkpoint_dir: Path | str) -> tuple[Any, ModelContract]:
     """(the HF model in eval mode, its contract) from a folder written by ``save_pretrained`` + the contract."""
-    import transformers
 
     checkpoint_dir = Path(checkpoint_dir)
     contract = load_contract(checkpoint_dir, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
     hf_config_path = checkpoint_dir / CONFIG_FILE
     if not hf_config_path.is_file():
         raise ContractError(f"checkpoint {str(checkpoint_dir)!r} has no HF {CONFIG_FILE}")
-    hf_config = json.loads(hf_config_path.read_text())
-    architectures = hf_config.get("architectures") or []
-    if not architectures or not hasattr(transformers, architectures[0]):
-        raise ContractError(f"{hf_config_path}: unknown architectures {architectures}")
-    model = getattr(transformers, architectures[0]).from_pretrained(checkpoint_dir, local_files_only=True)
+    try:
+        model = load_student(checkpoint_dir)
+    except ValueError as exc:
+        raise ContractError(f"{hf_config_path}: {exc}") from None
     id2label = model.config.id2label
     hf_labels = tuple(id2label[i] for i in range(len(id2label)))
     if hf_labels != contract.labels:

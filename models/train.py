@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.architectures import LEVIT_PRESETS, VIT_PRESETS, TeacherCNN, build_student
+from models.architectures import LEVIT_PRESETS, VIT_PRESETS, TeacherCNN, build_student, load_student
 from models.augment import AugmentConfig
 from models.contract import CHECKPOINT_CONTRACT_FILE, InputSpec, ModelContract, Preprocessing
 from models.data import default_fer_dir, load_split, parse_classes, stratified_split
@@ -243,6 +243,14 @@ def _run_id(out: Path) -> str:
     return path.read_text().strip()
 
 
+def _family(preset: str) -> str:
+    if preset in LEVIT_PRESETS:
+        return "LeViT"
+    if preset in VIT_PRESETS and VIT_PRESETS[preset].conv_stem:
+        return "DeiT with a convolutional stem"
+    return "DeiT"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     contract = ModelContract(
         name=args.model_name, version=args.model_version, labels=full_train.label_names,
         input=InputSpec(channels=1, height=args.image_size, width=args.image_size), preprocessing=Preprocessing(),
-        architecture=f"DeiT ({args.preset}) distilled from a CNN teacher ({args.distill})",
+        architecture=f"{_family(args.preset)} ({args.preset}) distilled from a CNN teacher ({args.distill})",
     )
     train = to_tensors(full_train.subset(train_idx), contract.preprocessing, device)
     val = to_tensors(full_train.subset(val_idx), contract.preprocessing, device)
@@ -276,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     _, best_val = train_student(args, out, train, val, contract, teacher, log)
 
     # Final evaluation: the best student on the held-out test split, read only now.
-    import transformers
-
-    architecture = json.loads((out / "best" / "config.json").read_text())["architectures"][0]
-    best = getattr(transformers, architecture).from_pretrained(out / "best", local_files_only=True).to(device).eval()
+    best = load_student(out / "best").to(device).eval()
     test_ds = load_split(args.data_dir, "test", contract.labels, size=(args.image_size, args.image_size))
     test = to_tensors(test_ds, contract.preprocessing, device)
     logits = predict_logits(lambda x: best(pixel_values=x).logits, test)

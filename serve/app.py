@@ -22,7 +22,8 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_dir: str | None = Field(None, description="Model folder; default EMOTION_MODEL_DIR or models/default.")
-    ort_threads: int | None = Field(None, ge=1, description="onnxruntime threads per model replica.")
+    ort_threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per session run.")
+    ort_parallel_runs: int | None = Field(None, ge=1, description="Session runs at once per model replica.")
     max_images_per_request: int | None = Field(None, ge=1, description="Batch request image limit.")
     max_image_pixels: int | None = Field(None, ge=1, description="Pixel limit per image.")
     max_body_bytes: int | None = Field(None, ge=1024, description="Request body byte limit.")
@@ -51,7 +52,7 @@ def compose(settings: Settings) -> Application:
     """Compose the deployment graph from validated settings (the CLI passes its own)."""
     model_dir = str(settings.model_dir.resolve())
     load_contract(model_dir)  # fail at build time, not in a replica restart loop
-    model = _deployment(EmotionModel).bind(model_dir, settings.ort_threads)
+    model = _deployment(EmotionModel).bind(model_dir, settings.ort_threads, settings.ort_parallel_runs)
     preprocessor = _deployment(Preprocessor).bind(
         model, model_dir, settings.max_image_pixels, detector_config(settings)
     )

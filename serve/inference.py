@@ -7,6 +7,7 @@ CLI compute the same numbers from the same pixels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ class OnnxClassifier:
     Args:
         model_dir: folder with ``config.json`` and the ONNX file.
         intra_op_threads: onnxruntime threads for this session (set explicitly: ORT ignores OMP_NUM_THREADS).
+        parallel_runs: split a batch into up to this many chunks and run them at the same time on the one session
+            (``Run`` is thread-safe); concurrent callers share these workers, so at most this many runs are in
+            flight. For this small model, 2 single-threaded runs measured faster than one run on 2 intra-op threads
+            (8 faces: 10.8 ms vs 13.1 ms, 18.9 ms on one thread; README "Performance").
         session_factory: ``(onnx_path, threads) -> session``; tests pass a fake.
 
         row_by_row: run each image alone; None = decide with ``is_batch_invariant()`` at load.
@@ -91,10 +96,15 @@ class OnnxClassifier:
         model_dir: Path | str,
         *,
         intra_op_threads: int = 1,
+        parallel_runs: int = 1,
         session_factory: SessionFactory | None = None,
         row_by_row: bool | None = None,
     ) -> None:
+        if parallel_runs < 1:
+            raise ValueError(f"parallel_runs={parallel_runs} must be >= 1")
         self.model_dir = Path(model_dir)
+        self.parallel_runs = parallel_runs
+        self._workers = ThreadPoolExecutor(parallel_runs, "onnx-run") if parallel_runs > 1 else None
         self.contract = load_contract(self.model_dir)
         self.metrics = load_metrics(self.model_dir)
         factory = session_factory or _ort_session
@@ -109,8 +119,16 @@ class OnnxClassifier:
         return self.contract.labels
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 images ``[N, H, W(, C)]`` -> float32 probabilities ``[N, num_classes]``, one session run."""
+        """uint8 images ``[N, H, W(, C)]`` -> float32 probabilities ``[N, num_classes]``."""
         x = normalise(batch, self.contract)
+        if self._workers is None:
+            return self._run_rows(x)
+        # Contiguous chunks keep the output order; a batch-invariant model gives every face the same answer
+        # whatever chunk it lands in (a model that is not is run row by row anyway).
+        chunks = np.array_split(x, min(self.parallel_runs, len(x))) if len(x) else [x]
+        return np.concatenate(list(self._workers.map(self._run_rows, chunks)))
+
+    def _run_rows(self, x: np.ndarray) -> np.ndarray:
         if self.row_by_row and len(x) > 1:
             return np.concatenate([self._probs(x[i : i + 1]) for i in range(len(x))])
         return self._probs(x)

@@ -25,12 +25,13 @@ class EmotionModel:
 
     Args:
         model_dir: folder with model.onnx + config.json.
-        ort_threads: onnxruntime intra-op threads of this replica.
+        ort_threads: onnxruntime intra-op threads per session run.
+        parallel_runs: session runs at once: a batch is cut into this many chunks that run side by side.
     """
 
-    def __init__(self, model_dir: str, ort_threads: int = 1) -> None:
+    def __init__(self, model_dir: str, ort_threads: int = 1, parallel_runs: int = 1) -> None:
         start = time.perf_counter()
-        self._clf = OnnxClassifier(model_dir, intra_op_threads=ort_threads)
+        self._clf = OnnxClassifier(model_dir, intra_op_threads=ort_threads, parallel_runs=parallel_runs)
         self._clf.warm_up()
         self._metrics = model_metrics()
         load_seconds = time.perf_counter() - start

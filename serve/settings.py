@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="Give up on a request after this long (503).")
     retry_after_s: int = Field(1, ge=0, description="Retry-After header value sent with 503 overloaded.")
     ort_threads: int = Field(1, ge=1, le=256, description="onnxruntime intra_op_num_threads per model replica.")
+    ort_parallel_runs: int = Field(
+        2, ge=1, le=64, description="Per model replica: a batch is split into this many session runs at once."
+    )
     metrics_export_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus export port.")
     object_store_mb: int = Field(256, ge=64, description="Embedded Ray object store size (emotion serve).")
     access_log: bool = Field(False, description="Ray Serve access logs (cost ~13% throughput).")

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from models.contract import ModelContract
-from serve.imaging import RESAMPLING, open_image
+from models.data import RESAMPLING
+from serve.imaging import open_image
 
 
 def decode_frame(data: bytes, *, max_pixels: int) -> Image.Image:

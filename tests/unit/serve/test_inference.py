@@ -87,3 +87,27 @@ def test_bundled_model_answers_do_not_depend_on_batch_neighbours() -> None:
     assert np.allclose(together, alone, rtol=0, atol=1e-6)
     assert together.shape == (6, 3) and np.allclose(together.sum(axis=1), 1.0, atol=1e-5)
     clf.warm_up()
+
+
+def test_parallel_runs_split_a_batch_and_keep_its_order() -> None:
+    fake = FakeSession(["batch", 1, 48, 48])
+    clf = OnnxClassifier(DEFAULT_MODEL_DIR, parallel_runs=2, session_factory=lambda path, threads: fake)
+    x = np.random.default_rng(5).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    fake.calls = 0
+    probs = clf.predict_proba(x)
+    assert fake.calls == 2  # chunks of 3 and 2 faces, run side by side
+    serial = OnnxClassifier(DEFAULT_MODEL_DIR, session_factory=lambda path, threads: FakeSession(["batch", 1, 48, 48]))
+    assert np.array_equal(probs, serial.predict_proba(x))
+    assert clf.predict_proba(x[:0]).shape == (0, 3)
+
+
+def test_bundled_model_gives_the_same_answers_with_parallel_runs() -> None:
+    x = np.random.default_rng(6).integers(0, 256, (9, 48, 48), dtype=np.uint8)
+    serial = OnnxClassifier(DEFAULT_MODEL_DIR).predict_proba(x)
+    parallel = OnnxClassifier(DEFAULT_MODEL_DIR, parallel_runs=3).predict_proba(x)
+    assert np.allclose(parallel, serial, rtol=0, atol=1e-6)
+
+
+def test_parallel_runs_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="parallel_runs=0"):
+        OnnxClassifier(DEFAULT_MODEL_DIR, parallel_runs=0)
