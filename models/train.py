@@ -56,14 +56,14 @@ class TrainArgs:
     seed: int = 42
     val_fraction: float = 0.1
     image_size: int = 48
-    preset: str = field(default="tiny-p6", metadata={"help": f"ViT size: {sorted(VIT_PRESETS)}"})
+    preset: str = field(default="hybrid-small", metadata={"help": f"ViT size: {sorted(VIT_PRESETS)}"})
     pretrained_dir: str | None = field(default=None, metadata={"help": "local DeiT checkpoint folder to start from"})
-    epochs: int = 40
+    epochs: int = 20
     batch_size: int = 128
-    lr: float = 1e-4
+    lr: float = 5e-4
     min_lr: float = 1e-5
     weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     drop_path: float = 0.1
     distill: str = field(default="hard", metadata={"help": "hard | soft | none"})
@@ -82,7 +82,7 @@ class TrainArgs:
     wandb: bool = True
     wandb_project: str = "emotion-vit"
     model_name: str = "emotion-vit"
-    model_version: str = "0.1.0"
+    model_version: str = "0.2.0"
 
     @property
     def loop(self) -> LoopConfig:
