@@ -98,15 +98,6 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {label} | {goal} | " + " | ".join(_cell(s[key]) for s in sums) + " |"
             for label, goal, key in CRITERIA
         ),
-        "| Ray / baseline p99, single images, 8 clients | <= 2 | "
-        + " | ".join(_cell(s["single_8_clients_p99_ratio"]) for s in sums)
-        + " |",
-        "| Ray 32-image requests / onnxruntime in-process (images/s, best) | >= 0.85 | "
-        + " | ".join(_cell(s["batch32_vs_inprocess_ratio"]) for s in sums)
-        + " |",
-        "| same, per CPU second (in-process CPU ms/img / server CPU ms/img; robust to other tenants) | info | "
-        + " | ".join(_cell(s["batch32_vs_inprocess_cpu_efficiency"]) for s in sums)
-        + " |",
         "",
     ]
     for name, reason in results["skipped"].items():

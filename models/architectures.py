@@ -84,14 +84,9 @@ def build_student(
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
     if pretrained_dir is not None:
-        # A local folder only: no hub access at run time. Heads are re-initialised when the classes differ.
-        return DeiTForImageClassificationWithTeacher.from_pretrained(
-            pretrained_dir,
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id=label2id,
-            ignore_mismatched_sizes=True,
-            local_files_only=True,
+        # Heads are re-initialised when the classes differ.
+        return load_student(
+            pretrained_dir, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
         )
     if preset in LEVIT_PRESETS:
         return _build_levit(LEVIT_PRESETS[preset], id2label, image_size, num_channels)
@@ -177,16 +172,18 @@ def hybrid_class() -> Any:
     return DeiTHybridForImageClassificationWithTeacher
 
 
-def load_student(checkpoint_dir: Path | str) -> Any:
-    """A student saved with ``save_pretrained``, from a local folder only (no hub access at run time)."""
+def load_student(checkpoint_dir: Path | str, **overrides: Any) -> Any:
+    """A student saved with ``save_pretrained``, from a local folder only (no hub access at run time); ``overrides``
+    go to ``from_pretrained`` (e.g. new labels)."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(checkpoint_dir, local_files_only=True)
     name = (config.architectures or [""])[0]
-    architecture = hybrid_class() if name == hybrid_class().__name__ else getattr(transformers, name, None)
+    hybrid = hybrid_class()
+    architecture = hybrid if name == hybrid.__name__ else getattr(transformers, name, None)
     if architecture is None:
         raise ValueError(f"{checkpoint_dir}: unknown architectures {config.architectures}")
-    return architecture.from_pretrained(checkpoint_dir, local_files_only=True)
+    return architecture.from_pretrained(checkpoint_dir, local_files_only=True, **overrides)
 
 
 def _build_levit(p: LevitPreset, id2label: dict[int, str], image_size: int, num_channels: int) -> Any:

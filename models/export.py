@@ -30,7 +30,6 @@ OPSET = 18
 
 def load_checkpoint(checkpoint_dir: Path | str) -> tuple[Any, ModelContract]:
     """(the HF model in eval mode, its contract) from a folder written by ``save_pretrained`` + the contract."""
-
     checkpoint_dir = Path(checkpoint_dir)
     contract = load_contract(checkpoint_dir, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
     hf_config_path = checkpoint_dir / CONFIG_FILE

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.report import CRITERIA
 from loadtests.servers import REPO
 from models.data import default_data_dir
 
@@ -34,3 +35,6 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path: Path) -> None:
             assert row["requests_per_s"] > 0
     for name in ("benchmark.md", "throughput.png", "p99.png"):
         assert (out / name).stat().st_size > 0
+    table = (out / "benchmark.md").read_text()
+    for label, _, _ in CRITERIA:
+        assert table.count(f"| {label} |") == 1, f"criterion row {label!r} is not in the report exactly once"

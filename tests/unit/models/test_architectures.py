@@ -69,3 +69,12 @@ def test_unknown_architecture_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(config)
     with pytest.raises(ValueError, match="NoSuchNet"):
         load_student(tmp_path)
+
+
+def test_hybrid_checkpoint_starts_a_new_run_with_other_classes(tmp_path: Path) -> None:
+    model = _hybrid(tmp_path)
+    again = build_student("tiny-p6", ("happy", "sad"), image_size=48, num_channels=1, pretrained_dir=str(tmp_path))
+    stem_again = again.deit.embeddings.patch_embeddings.projection
+    assert isinstance(stem_again, ConvStem)  # the checkpoint's stem, not the preset's plain patch embedding
+    assert again.config.id2label == {0: "happy", 1: "sad"}
+    assert torch.equal(model.deit.embeddings.patch_embeddings.projection.proj.weight, stem_again.proj.weight)
