@@ -236,11 +236,21 @@ class TeacherCNN(nn.Module):
 
 
 class LogitsOnly(nn.Module):
-    """Export wrapper: pixel_values -> logits (DeiT-with-teacher averages its class and distillation heads)."""
+    """Export wrapper: pixel_values -> logits (DeiT-with-teacher averages its class and distillation heads).
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``flip_average`` the logits are the mean over the image and its mirror image (test-time augmentation
+    folded into the graph, so every runtime gets it): both views go through the model as one batch of 2N rows.
+    """
+
+    def __init__(self, model: nn.Module, flip_average: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.flip_average = flip_average
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
+        if not self.flip_average:
+            return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
+        n = pixel_values.shape[0]
+        both = torch.cat([pixel_values, torch.flip(pixel_values, dims=[3])], dim=0)
+        logits = self.model(pixel_values=both).logits
+        return (logits[:n] + logits[n:]) * 0.5

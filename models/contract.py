@@ -55,10 +55,15 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """The ONNX output tensor: ``[batch, len(labels)]`` unnormalised class scores."""
+    """The ONNX output tensor: ``[batch, len(labels)]`` unnormalised class scores.
+
+    ``flip_averaged``: the graph itself averages the logits of each image and its mirror image (test-time
+    augmentation); informational, consumers have nothing to do.
+    """
 
     name: str = "logits"
     meaning: Literal["logits"] = "logits"
+    flip_averaged: bool = False
 
 
 @dataclass(frozen=True)

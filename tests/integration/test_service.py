@@ -134,3 +134,15 @@ def test_documented_metric_names_are_exported(service: Service) -> None:
     missing = [name for name in EXPORTED_NAMES if name not in text]
     assert not missing, f"not exported: {missing}"
     assert service.metric_total(text, "ray_emotion_requests_total", route="/v1/classify", status="200") >= 1
+
+
+def test_replicas_run_at_the_callers_cpu_priority(service: Service) -> None:
+    # Ray lowers every worker to nice 15 by default; the service's replicas must not lose the cores to the
+    # processes around them (serve/fastmode.py).
+    import os
+
+    import psutil
+
+    replicas = [p for p in psutil.process_iter(["cmdline"]) if "ray::ServeReplica" in " ".join(p.info["cmdline"] or [])]
+    assert replicas, "no Serve replica process found"
+    assert {p.nice() for p in replicas} == {os.nice(0)}

@@ -33,9 +33,29 @@ def test_export_parity_numbers(micro_checkpoint: Path, tmp_path: Path) -> None:
     assert set(diffs) == {"batch_1", "batch_32"} and max(diffs.values()) < 1e-4
 
 
-def test_checkpoint_and_onnx_evaluate_alike(micro_checkpoint: Path, micro_onnx: Path, fer_like: Path) -> None:
+def test_flip_average_is_in_the_graph(micro_checkpoint: Path, micro_onnx: Path, tmp_path: Path) -> None:
+    from models.export import ExportArguments, export
+
+    single = tmp_path / "single"
+    export(ExportArguments(checkpoint=micro_checkpoint, output=single, flip_average=False))
+    assert load_contract(micro_onnx).output.flip_averaged and not load_contract(single).output.flip_averaged
+    x = np.random.default_rng(0).normal(size=(5, 1, 48, 48)).astype(np.float32)
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    both = _logits(micro_onnx / "model.onnx", x)
+    # The default export answers the same for a face and its mirror image, and equals the mean of both views.
+    np.testing.assert_allclose(both, _logits(micro_onnx / "model.onnx", mirrored), atol=1e-5)
+    views = (_logits(single / "model.onnx", x) + _logits(single / "model.onnx", mirrored)) / 2
+    np.testing.assert_allclose(both, views, atol=1e-5)
+    assert np.abs(_logits(single / "model.onnx", x) - views).max() > 1e-4  # one view alone is not mirror-invariant
+
+
+def test_checkpoint_and_onnx_evaluate_alike(micro_checkpoint: Path, fer_like: Path, tmp_path: Path) -> None:
+    from models.export import ExportArguments, export
+
+    single_view = tmp_path / "onnx"  # a checkpoint is evaluated on one view, so compare with a one-view export
+    export(ExportArguments(checkpoint=micro_checkpoint, output=single_view, flip_average=False))
     torch_report = evaluate(micro_checkpoint, fer_like, "test", dedup=False)
-    onnx_report = evaluate(micro_onnx, fer_like, "test", dedup=False)
+    onnx_report = evaluate(single_view, fer_like, "test", dedup=False)
     assert torch_report["model"]["kind"] == "checkpoint" and onnx_report["model"]["kind"] == "onnx"
     assert torch_report["confusion_matrix"] == onnx_report["confusion_matrix"]
     assert torch_report["mean_cross_entropy"] == pytest.approx(onnx_report["mean_cross_entropy"], abs=1e-5)

@@ -8,6 +8,7 @@ from serve.fastmode import WRAPPER, fast_mode_env
 def test_fresh_environment_gets_fast_mode_and_loopback_ports() -> None:
     added = fast_mode_env({})
     assert added["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert added["RAY_worker_niceness"] == "0"  # replicas compete for the cores at normal priority
     assert added["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(WRAPPER)
     assert added["EMOTION_HAPROXY_BINARY"]
     assert added["RAY_SERVE_HAPROXY_STATS_PORT"] != added["RAY_SERVE_HAPROXY_METRICS_PORT"]
@@ -21,8 +22,9 @@ def test_inherited_wrapper_path_without_real_binary_is_completed() -> None:
 
 
 def test_user_settings_win() -> None:
-    added = fast_mode_env({"RAY_SERVE_HAPROXY_BINARY_PATH": "/opt/haproxy", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})
-    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in added
+    added = fast_mode_env({"RAY_SERVE_HAPROXY_BINARY_PATH": "/opt/haproxy", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+                           "RAY_worker_niceness": "15"})
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in added and "RAY_worker_niceness" not in added
     assert "EMOTION_HAPROXY_BINARY" not in added
 
 
