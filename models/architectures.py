@@ -252,5 +252,5 @@ class LogitsOnly(nn.Module):
             return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
         n = pixel_values.shape[0]
         both = torch.cat([pixel_values, torch.flip(pixel_values, dims=[3])], dim=0)
-        logits = self.model(pixel_values=both).logits
+        logits: torch.Tensor = self.model(pixel_values=both).logits
         return (logits[:n] + logits[n:]) * 0.5
