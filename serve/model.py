@@ -55,7 +55,7 @@ class EmotionModel:
         result: np.ndarray = await self._batched(images)
         return result
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, batch_size_fn=count_images, max_concurrent_batches=2)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, batch_size_fn=count_images, max_concurrent_batches=2)
     async def _batched(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         probs = await self._run(np.concatenate(stacks) if len(stacks) > 1 else stacks[0])
         return np.split(probs, split_sizes([len(s) for s in stacks]))
