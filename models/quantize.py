@@ -13,8 +13,9 @@ Variants (all from the same ``quant_pre_process``-ed graph):
 
 Every variant is scored on the validation split carved from ``train`` exactly as training carves it, timed
 in-process, and checked for batch invariance (batch-64 vs batch-1 logits of the same faces). The shipped model
-is the most accurate batch-invariant int8 variant, ties (within ``--accuracy-tolerance``) going to the fastest at
-batch 1; its folder gets ``model.onnx``, ``config.json``, ``metrics.json`` (test split) and ``quantization.{json,md}``.
+is the most accurate batch-invariant int8 variant at most 1/``--min-compression`` (3.5) of the fp32 file, ties
+(within ``--accuracy-tolerance``) going to the fastest at batch 1; its folder gets ``model.onnx``, ``config.json``,
+``metrics.json`` (test split) and ``quantization.{json,md}``.
 
     python -m models.quantize --model runs/vit/onnx-fp32 --output models/default --test
 """
@@ -67,6 +68,7 @@ class QuantizeArguments:
     threads: int = 1
     batch_size: int = 64
     accuracy_tolerance: float = 0.005
+    min_compression: float = 3.5
     keep_candidates: Path | None = None
     bench_seconds: float = 1.0
 
@@ -76,6 +78,8 @@ class QuantizeArguments:
             raise ValueError(f"--variants {list(self.variants)}: choose from {list(VARIANTS)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction={self.val_fraction} must be between 0 and 1")
+        if self.min_compression < 1.0:
+            raise ValueError(f"--min-compression={self.min_compression} must be >= 1 (fp32 size / int8 size)")
         if self.calibration_size < 1 or self.batch_size < 1 or self.threads < 1:
             raise ValueError("--calibration-size, --batch-size and --threads must be >= 1")
         if self.output.resolve() == self.model.resolve():
@@ -198,11 +202,19 @@ def measure(
     return row
 
 
-def choose(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
-    """The batch-invariant int8 row with the best validation accuracy; near-ties go to the fastest at batch 1."""
-    ok = [r for r in rows if r["variant"] != "fp32" and r["batch_invariant"]]
+def choose(rows: list[dict[str, Any]], tolerance: float, min_compression: float = 3.5) -> dict[str, Any]:
+    """The batch-invariant int8 row, at most 1/``min_compression`` of the fp32 file, with the best validation
+    accuracy; near-ties go to the fastest at batch 1."""
+    fp32_bytes = next(r["size_bytes"] for r in rows if r["variant"] == "fp32")
+    ok = [
+        r for r in rows
+        if r["variant"] != "fp32" and r["batch_invariant"] and r["size_bytes"] * min_compression <= fp32_bytes
+    ]  # fmt: skip
     if not ok:
-        raise ContractError("no int8 variant is batch-invariant; refusing to ship one (see the table)")
+        raise ContractError(
+            f"no int8 variant is batch-invariant and at most 1/{min_compression} of the fp32 file "
+            f"({fp32_bytes / 1e6:.2f} MB); refusing to ship one (see the table)"
+        )
     best = max(r["val_accuracy"] for r in ok)
     return min((r for r in ok if r["val_accuracy"] >= best - tolerance), key=lambda r: r["ms_batch1_min"])
 
@@ -261,13 +273,13 @@ def quantize(args: QuantizeArguments) -> dict[str, Any]:
                     folder, args.data_dir, "test", batch_size=args.batch_size, threads=args.threads, dedup=False
                 )
                 row["test_accuracy"], row["test_macro_f1"] = test["accuracy"], test["macro_f1"]
-        chosen = choose(rows, args.accuracy_tolerance)
+        chosen = choose(rows, args.accuracy_tolerance, args.min_compression)
         shipped = _ship(paths[chosen["variant"]], contract, chosen["variant"], args)
     summary: dict[str, Any] = {
         "source": str(args.model),
         "chosen": chosen["variant"],
         "rule": (
-            "most accurate batch-invariant int8 variant on validation; "
+            "most accurate batch-invariant int8 variant on validation, at most 1/min_compression of the fp32 file; "
             "within accuracy_tolerance of it, the fastest at batch 1 (minimum time)"
         ),
         "invariance_atol": INVARIANCE_ATOL,
@@ -325,6 +337,7 @@ def _parse(argv: list[str] | None) -> QuantizeArguments:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for scoring and timing")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--accuracy-tolerance", type=float, default=0.005)
+    parser.add_argument("--min-compression", type=float, default=3.5, help="fp32 size / int8 size must reach this")
     parser.add_argument("--keep-candidates", type=Path, default=None, help="keep every variant's file in this folder")
     parser.add_argument("--bench-seconds", type=float, default=1.0, help="minimum timing per variant and batch size")
     ns = parser.parse_args(argv)
@@ -340,6 +353,7 @@ def _parse(argv: list[str] | None) -> QuantizeArguments:
         threads=ns.threads,
         batch_size=ns.batch_size,
         accuracy_tolerance=ns.accuracy_tolerance,
+        min_compression=ns.min_compression,
         keep_candidates=ns.keep_candidates,
         bench_seconds=ns.bench_seconds,
     )

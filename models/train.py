@@ -82,7 +82,7 @@ class TrainArgs:
     wandb: bool = True
     wandb_project: str = "emotion-vit"
     model_name: str = "emotion-vit"
-    model_version: str = "0.2.0"
+    model_version: str = "0.3.0"
 
     @property
     def loop(self) -> LoopConfig:

@@ -91,6 +91,7 @@ def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like:
     out = tmp_path / "int8"
     argv = ["--model", str(micro_onnx), "--output", str(out), "--data-dir", str(fer_like)]
     argv += ["--variants", "dynamic,static", "--calibration-size", "16", "--bench-seconds", "0.05"]
+    argv += ["--min-compression", "1.6"]  # a 0.5 MB micro model: graph overhead weighs more than in the real one
     assert main(argv) == 0
     assert {p.name for p in out.iterdir()} >= {"model.onnx", "config.json", "metrics.json", "quantization.json"}
     summary = json.loads((out / "quantization.json").read_text())
@@ -106,3 +107,24 @@ def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like:
     together = _logits(out / "model.onnx", x)
     alone = np.concatenate([_logits(out / "model.onnx", x[i : i + 1]) for i in range(len(x))])
     assert np.array_equal(together.argmax(1), alone.argmax(1)) and np.abs(together - alone).max() < 1e-4
+
+
+def _row(variant: str, size: int, acc: float, ms: float, invariant: bool = True) -> dict[str, object]:
+    return {"variant": variant, "size_bytes": size, "val_accuracy": acc, "ms_batch1_min": ms,
+            "batch_invariant": invariant}  # fmt: skip
+
+
+def test_choose_keeps_the_size_and_invariance_rules() -> None:
+    from models.quantize import choose
+
+    rows = [
+        _row("fp32", 8_740_000, 0.822, 4.7),
+        _row("dynamic", 2_340_000, 0.830, 9.0, invariant=False),  # most accurate, but batch-dependent
+        _row("dynamic_per_row", 3_500_000, 0.822, 2.9),  # fastest, but only 1/2.5 of fp32
+        _row("static", 2_380_000, 0.821, 3.2),
+        _row("static_per_channel", 2_430_000, 0.820, 3.3),
+    ]
+    assert choose(rows, 0.005)["variant"] == "static"
+    assert choose(rows, 0.005, min_compression=2.0)["variant"] == "dynamic_per_row"
+    with pytest.raises(ContractError, match=r"1/4\.0"):
+        choose(rows, 0.005, min_compression=4.0)
