@@ -101,6 +101,20 @@ def test_parallel_runs_split_a_batch_and_keep_its_order() -> None:
     assert clf.predict_proba(x[:0]).shape == (0, 3)
 
 
+def test_big_batches_run_as_several_small_runs_in_order() -> None:
+    fake = FakeSession(["batch", 1, 48, 48])
+    clf = OnnxClassifier(DEFAULT_MODEL_DIR, parallel_runs=2, run_batch_size=4, session_factory=lambda p, t: fake)
+    x = np.random.default_rng(7).integers(0, 256, (10, 48, 48), dtype=np.uint8)
+    fake.calls = 0
+    probs = clf.predict_proba(x)
+    assert fake.calls == 3  # 10 faces -> runs of 4, 3 and 3
+    one_run = FakeSession(["batch", 1, 48, 48])
+    serial = OnnxClassifier(DEFAULT_MODEL_DIR, run_batch_size=1024, session_factory=lambda p, t: one_run)
+    assert np.array_equal(probs, serial.predict_proba(x))
+    with pytest.raises(ValueError, match="run_batch_size=0"):
+        OnnxClassifier(DEFAULT_MODEL_DIR, run_batch_size=0)
+
+
 def test_bundled_model_gives_the_same_answers_with_parallel_runs() -> None:
     x = np.random.default_rng(6).integers(0, 256, (9, 48, 48), dtype=np.uint8)
     serial = OnnxClassifier(DEFAULT_MODEL_DIR).predict_proba(x)
