@@ -20,6 +20,7 @@ the environment wins, e.g. ``RAY_SERVE_ENABLE_HA_PROXY=0`` keeps direct ingress 
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import socket
 from collections.abc import Mapping
@@ -40,11 +41,28 @@ FAST_MODE = {
 }
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+# Ports for HAProxy's stats/metrics and the fallback proxy are drawn here but bound seconds later, when Ray starts
+# them. A port from the kernel's ephemeral range (bind to 0) can be taken in between by any of Ray's own ephemeral
+# listeners (seen once: HAProxy exited with "cannot bind socket (Address already in use)"), so they are drawn above
+# Ray's worker port range (10002-19999) and below Linux's default ephemeral range (32768-60999).
+PORT_RANGE = (20000, 32767)
+
+
+def _free_loopback_port(taken: set[int]) -> int:
+    """A port in PORT_RANGE that binds on 127.0.0.1 now and is not in ``taken`` (which it is added to)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(*PORT_RANGE)
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
         return port
+    raise OSError(f"no free loopback port in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
 
 
 def _real_haproxy() -> str:
@@ -58,6 +76,7 @@ def fast_mode_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables to add to ``environ`` (default os.environ) for fast mode; those already set are left alone."""
     env = os.environ if environ is None else environ
     wanted = dict(FAST_MODE)
+    taken: set[int] = set()  # four ports drawn before any is bound: never the same one twice
     if {**wanted, **env}["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
         if "RAY_SERVE_HAPROXY_BINARY_PATH" not in env:
             wanted["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(WRAPPER)
@@ -66,10 +85,10 @@ def fast_mode_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         if {**wanted, **env}["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(WRAPPER) and not env.get("EMOTION_HAPROXY_BINARY"):
             wanted["EMOTION_HAPROXY_BINARY"] = _real_haproxy()
         for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
-            wanted[key] = str(_free_loopback_port())
+            wanted[key] = str(_free_loopback_port(taken))
     # The fallback proxy (127.0.0.1) defaults to fixed ports 8500/9500; two instances on one machine would collide.
     for key in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
-        wanted[key] = str(_free_loopback_port())
+        wanted[key] = str(_free_loopback_port(taken))
     return {key: value for key, value in wanted.items() if key not in env}
 
 

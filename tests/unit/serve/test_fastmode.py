@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.fastmode import WRAPPER, fast_mode_env
+from serve.fastmode import PORT_RANGE, WRAPPER, fast_mode_env
 
 
 def test_fresh_environment_gets_fast_mode_and_loopback_ports() -> None:
@@ -32,3 +32,12 @@ def test_haproxy_off_adds_no_haproxy_settings() -> None:
     added = fast_mode_env({"RAY_SERVE_ENABLE_HA_PROXY": "0"})
     assert not any(key.startswith("RAY_SERVE_HAPROXY") for key in added)
     assert "EMOTION_HAPROXY_BINARY" not in added
+
+
+def test_drawn_ports_stay_out_of_the_ephemeral_and_ray_worker_ranges() -> None:
+    added = fast_mode_env({})
+    keys = ["RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]  # fmt: skip
+    ports = [int(added[key]) for key in keys]
+    assert all(PORT_RANGE[0] <= port <= PORT_RANGE[1] for port in ports)
+    assert len(set(ports)) == len(ports)
