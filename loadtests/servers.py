@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections import defaultdict
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from serve import ports
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,21 +26,12 @@ class ServerError(RuntimeError):
 
 
 def free_port(low: int = 8100, high: int = 8199, taken: Sequence[int] = ()) -> int:
-    """A random port in [low, high] that binds on 0.0.0.0 without SO_REUSEADDR (so no listener and no
-    TIME_WAIT leftovers: servers that check their port strictly accept it too). Random, not the first, so that
-    concurrent benchmark/test runs on one machine rarely pick the same one (``Server.start`` also checks)."""
-    ports = list(range(low, high + 1))
-    random.shuffle(ports)
-    for port in ports:
-        if port in taken:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
-    raise ServerError(f"no free port in {low}-{high}")
+    """A random port in [low, high] that binds on all interfaces now (servers that check their port strictly accept
+    it too); ``Server.start`` also checks that the server it started owns it."""
+    try:
+        return ports.free_port(low, high, host="0.0.0.0", taken=taken)
+    except OSError as exc:
+        raise ServerError(str(exc)) from None
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:

@@ -20,11 +20,11 @@ the environment wins, e.g. ``RAY_SERVE_ENABLE_HA_PROXY=0`` keeps direct ingress 
 from __future__ import annotations
 
 import os
-import random
 import shlex
-import socket
 from collections.abc import Mapping
 from pathlib import Path
+
+from serve.ports import free_port
 
 WRAPPER = Path(__file__).resolve().with_name("haproxy_loopback.sh")
 FAST_MODE = {
@@ -49,20 +49,9 @@ PORT_RANGE = (20000, 32767)
 
 
 def _free_loopback_port(taken: set[int]) -> int:
-    """A port in PORT_RANGE that binds on 127.0.0.1 now and is not in ``taken`` (which it is added to)."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randint(*PORT_RANGE)
-        if port in taken:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise OSError(f"no free loopback port in {PORT_RANGE[0]}-{PORT_RANGE[1]}")
+    port = free_port(*PORT_RANGE, taken=taken)
+    taken.add(port)
+    return port
 
 
 def _real_haproxy() -> str:
