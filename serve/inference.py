@@ -133,8 +133,8 @@ class OnnxClassifier:
         # Contiguous chunks keep the output order; a batch-invariant model gives every face the same answer
         # whatever chunk it lands in (a model that is not is run row by row anyway).
         runs = max(-(-len(x) // self.run_batch_size), min(self.parallel_runs, len(x)))
-        chunks = np.array_split(x, runs) if runs > 1 else [x]
-        if self._workers is None or len(chunks) == 1:
+        chunks = np.array_split(x, runs)
+        if self._workers is None or runs == 1:
             return np.concatenate([self._run_rows(chunk) for chunk in chunks])
         return np.concatenate(list(self._workers.map(self._run_rows, chunks)))
 

@@ -57,7 +57,9 @@ class Ingress:
         self._pre = preprocessor
         self._model = model
         self._settings = settings
-        self._config = BatchConfig(max_batch_size=max(16, settings.max_images_per_request), batch_wait_timeout_s=0.002)
+        # Applied to the batch queue now, not only on a user_config: a request of max_images_per_request images
+        # must fit one batch (Serve refuses an item larger than max_batch_size).
+        self.reconfigure({"max_batch_size": max(16, settings.max_images_per_request), "batch_wait_timeout_s": 0.002})
         self._metrics = ingress_metrics()
         self._admission = Admission(settings.max_inflight_images, settings.max_queue_delay_s)
         self.frame_metrics = frame_metrics()
@@ -103,7 +105,8 @@ class Ingress:
 
     # Batches are formed as requests arrive and then wait for a free slot: with one slot (the default), requests
     # arriving one by one form batches of one that run strictly in turn (~50 req/s, at any offered load).
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=count_images, max_concurrent_batches=8)
+    # Size and wait are set by reconfigure (from __init__ or a user_config).
+    @serve.batch(batch_size_fn=count_images, max_concurrent_batches=8)
     async def _coalesce(self, requests: list[list[bytes]]) -> list[list[np.ndarray | ErrorInfo]]:
         flat = [image for request in requests for image in request]
         results = await self._call(flat)

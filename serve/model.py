@@ -36,7 +36,7 @@ class EmotionModel:
         self._metrics = model_metrics()
         load_seconds = time.perf_counter() - start
         keep_gauges_exported([(self._metrics.load_seconds, lambda: load_seconds)])
-        self._config = BatchConfig()
+        self.reconfigure({})  # BatchConfig's defaults until Serve passes a user_config
         logger.info("model %s %s loaded in %.2fs (%s)", self._clf.contract.name, self._clf.contract.version,
                     time.perf_counter() - start, "row by row: not batch-invariant" if self._clf.row_by_row
                     else "batched")  # fmt: skip
@@ -55,7 +55,8 @@ class EmotionModel:
         result: np.ndarray = await self._batched(images)
         return result
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, batch_size_fn=count_images, max_concurrent_batches=2)
+    # Size and wait come from BatchConfig (reconfigure), the one home of their defaults.
+    @serve.batch(batch_size_fn=count_images, max_concurrent_batches=2)
     async def _batched(self, stacks: list[np.ndarray]) -> list[np.ndarray]:
         probs = await self._run(np.concatenate(stacks) if len(stacks) > 1 else stacks[0])
         return np.split(probs, split_sizes([len(s) for s in stacks]))

@@ -9,6 +9,7 @@ does not have yet is skipped, naming the endpoint.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websocket
+from PIL import Image
 
 from loadtests.servers import REPO, Server, free_port
 from models.data import default_data_dir
@@ -31,6 +33,7 @@ SCENARIOS = {
     "video_stream": ["-u", "2", "-r", "2", "-t", "4s", "--fps", "5"],
     "step_load": ["--step-users", "2", "--step-seconds", "2", "--max-users", "4"],
 }
+BIG_REQUEST = 48
 MAIN_ROW = {
     "single_face": "POST /v1/classify",
     "many_faces": "POST /v1/classify/batch",
@@ -58,6 +61,8 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     metrics_port = free_port(taken=[port])
     env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(port), "EMOTION_METRICS_EXPORT_PORT": str(metrics_port),
            "RAY_USAGE_STATS_ENABLED": "0",
+           # Above the ingress's default batch of 32 images: a request this large must still fit one batch.
+           "EMOTION_MAX_IMAGES_PER_REQUEST": str(BIG_REQUEST),
            # `emotion serve` starts its own Ray whatever the environment points at (here: nothing listens there).
            "RAY_ADDRESS": "127.0.0.1:9"}  # fmt: skip
     log = tmp_path_factory.mktemp("service") / "serve.log"
@@ -121,3 +126,12 @@ def test_scenario_against_baseline(scenario: str, baseline_url: str, tmp_path: P
     stats = run_scenario(scenario, baseline_url, tmp_path)
     assert int(stats[MAIN_ROW[scenario]]["Request Count"]) > 0
     assert int(stats["Aggregated"]["Failure Count"]) == 0
+
+
+def test_a_request_of_the_configured_maximum_is_served(service_url: str) -> None:
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((48, 48)).save(buf, "PNG")
+    files = [("files", (f"{i}.png", buf.getvalue(), "image/png")) for i in range(BIG_REQUEST)]
+    resp = httpx.post(f"{service_url}/v1/classify/batch", files=files, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert [r["index"] for r in resp.json()["results"]] == list(range(BIG_REQUEST))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -139,10 +141,6 @@ def test_documented_metric_names_are_exported(service: Service) -> None:
 def test_replicas_run_at_the_callers_cpu_priority(service: Service) -> None:
     # Ray lowers every worker to nice 15 by default; the service's replicas must not lose the cores to the
     # processes around them (serve/fastmode.py).
-    import os
-
-    import psutil
-
     replicas = [p for p in psutil.process_iter(["cmdline"]) if "ray::ServeReplica" in " ".join(p.info["cmdline"] or [])]
     assert replicas, "no Serve replica process found"
     assert {p.nice() for p in replicas} == {os.nice(0)}
