@@ -235,6 +235,50 @@ class TeacherCNN(nn.Module):
         return self.head(self.features(x))  # type: ignore[no-any-return]
 
 
+@dataclass
+class EnsembleOutput:
+    logits: torch.Tensor
+
+
+class StudentEnsemble(nn.Module):
+    """Several students as one model: the mean of their logits (``.logits``, as transformers' outputs have).
+
+    Exported as one ONNX graph, so serving and every evaluation see a single model with a single contract.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a student ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, pixel_values: torch.Tensor) -> EnsembleOutput:
+        logits = torch.stack([member(pixel_values=pixel_values).logits for member in self.members]).mean(0)
+        return EnsembleOutput(logits)
+
+
+class TeacherEnsemble(nn.Module):
+    """Mean logits of several teachers, optionally over each face and its mirror image too.
+
+    A stronger, smoother teacher than any one member: its targets are what the student learns from.
+    """
+
+    def __init__(self, members: list[nn.Module], flip_average: bool = False) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a teacher ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.flip_average = flip_average
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.cat([x, torch.flip(x, dims=[3])]) if self.flip_average else x
+        logits = torch.stack([member(views) for member in self.members]).mean(0)
+        if self.flip_average:
+            n = x.shape[0]
+            logits = (logits[:n] + logits[n:]) * 0.5
+        return logits
+
+
 class LogitsOnly(nn.Module):
     """Export wrapper: pixel_values -> logits (DeiT-with-teacher averages its class and distillation heads).
 

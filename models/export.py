@@ -7,6 +7,7 @@ By default the graph averages the logits of each face and its mirror image (``--
 +0.4 to +0.7 accuracy points on FER2013 for twice the compute.
 
     python -m models.export --checkpoint runs/vit/best --output runs/vit/onnx-fp32
+    python -m models.export --checkpoint runs/a/best,runs/b/best --output runs/ab/onnx-fp32   # an ensemble
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.architectures import LogitsOnly, load_student
+from models.architectures import LogitsOnly, StudentEnsemble, load_student
 from models.contract import CHECKPOINT_CONTRACT_FILE, CONFIG_FILE, ContractError, ModelContract, load_contract
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,26 @@ logger = logging.getLogger(__name__)
 OPSET = 18
 
 
-def load_checkpoint(checkpoint_dir: Path | str) -> tuple[Any, ModelContract]:
-    """(the HF model in eval mode, its contract) from a folder written by ``save_pretrained`` + the contract."""
+def load_checkpoint(checkpoint: Path | str) -> tuple[Any, ModelContract]:
+    """(the model in eval mode, its contract) from a folder written by ``save_pretrained`` + the contract, or from
+    a comma list of such folders: their ensemble (mean logits), which must share one input/output contract."""
+    dirs = [part.strip() for part in str(checkpoint).split(",") if part.strip()]
+    loaded = [_load_one(d) for d in dirs]
+    if not loaded:
+        raise ContractError("no checkpoint folder given")
+    if len(loaded) == 1:
+        return loaded[0]
+    first = loaded[0][1]
+    for d, (_, contract) in zip(dirs[1:], loaded[1:], strict=True):
+        if (contract.labels, contract.input, contract.preprocessing) != (first.labels, first.input,
+                                                                         first.preprocessing):
+            raise ContractError(f"checkpoint {d!r}: its labels/input/preprocessing differ from {dirs[0]!r}'s")
+    members = "; ".join(contract.architecture for _, contract in loaded)
+    contract = replace(first, architecture=f"ensemble of {len(loaded)} students, mean logits: {members}")
+    return StudentEnsemble([model for model, _ in loaded]).eval(), contract
+
+
+def _load_one(checkpoint_dir: Path | str) -> tuple[Any, ModelContract]:
     checkpoint_dir = Path(checkpoint_dir)
     contract = load_contract(checkpoint_dir, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
     hf_config_path = checkpoint_dir / CONFIG_FILE
@@ -147,7 +166,8 @@ class ExportArguments:
 
 def _parse(argv: list[str] | None) -> ExportArguments:
     parser = argparse.ArgumentParser(prog="emotion export", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint folder")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="training checkpoint folder, or a comma list of folders: exported as their ensemble")
     parser.add_argument("--output", type=Path, required=True, help="ONNX model folder to write")
     parser.add_argument("--data-dir", type=Path, default=None, help="dataset root for a parity check on real faces")
     parser.add_argument("--atol", type=float, default=1e-4, help="max allowed |logit difference| torch vs ORT")

@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.architectures import LEVIT_PRESETS, VIT_PRESETS, TeacherCNN, build_student, load_student
+from models.architectures import (
+    LEVIT_PRESETS,
+    VIT_PRESETS,
+    LogitsOnly,
+    TeacherCNN,
+    TeacherEnsemble,
+    build_student,
+    load_student,
+)
 from models.augment import AugmentConfig
 from models.contract import CHECKPOINT_CONTRACT_FILE, InputSpec, ModelContract, Preprocessing
 from models.data import default_fer_dir, load_split, parse_classes, stratified_split
@@ -54,6 +62,8 @@ class TrainArgs:
     classes: str = field(default="angry,happy,sad", metadata={"help": "comma list, or 'all'"})
     output_dir: str = field(default="runs/default", metadata={"help": "checkpoints, logs, best model"})
     seed: int = 42
+    split_seed: int = field(default=42, metadata={"help": "seed of the validation split (kept apart from --seed so "
+                                                          "that runs with other seeds validate on the same faces)"})
     val_fraction: float = 0.1
     image_size: int = 48
     preset: str = field(default="hybrid-small", metadata={"help": f"ViT size: {sorted(VIT_PRESETS)}"})
@@ -71,8 +81,13 @@ class TrainArgs:
     distill_temperature: float = 2.0
     teacher_epochs: int = 30
     teacher_checkpoint: str | None = field(
-        default=None, metadata={"help": "state dict of an already trained teacher (skips the teacher stage)"}
+        default=None, metadata={"help": "state dict of an already trained teacher, or a comma list of several "
+                                        "(an ensemble: their mean logits teach); skips the teacher stage"}
     )
+    teacher_flip: bool = field(default=False, metadata={
+        "help": "teacher targets averaged over each face and its mirror (2x teacher compute)"})
+    teacher_only: bool = field(default=False, metadata={
+        "help": "train the teacher stage only (members of an ensemble are trained this way, one run per seed)"})
     teacher_lr: float = 2e-3
     teacher_weight_decay: float = 5e-4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -82,7 +97,7 @@ class TrainArgs:
     wandb: bool = True
     wandb_project: str = "emotion-vit"
     model_name: str = "emotion-vit"
-    model_version: str = "0.3.0"
+    model_version: str = "0.4.0"
 
     @property
     def loop(self) -> LoopConfig:
@@ -94,6 +109,8 @@ class TrainArgs:
         presets = sorted(VIT_PRESETS) + sorted(LEVIT_PRESETS)
         if self.preset not in presets and self.pretrained_dir is None:
             raise ValueError(f"--preset={self.preset!r}: choose one of {presets}")
+        if self.teacher_only and self.distill == "none":
+            raise ValueError("--teacher-only needs a teacher: drop --distill=none")
         if self.epochs < 1:
             raise ValueError(f"--epochs={self.epochs} must be >= 1")
 
@@ -101,16 +118,29 @@ class TrainArgs:
 # ----------------------------------------------------------------------------------------------- the two stages
 
 
+def load_teachers(paths: str, channels: int, classes: int, flip: bool, device: torch.device) -> nn.Module:
+    """One teacher, or the ensemble of the comma-separated state dicts in ``paths``."""
+    members: list[nn.Module] = []
+    for path in (p.strip() for p in paths.split(",") if p.strip()):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--teacher-checkpoint: {path} does not exist")
+        member = TeacherCNN(channels, classes).to(device)
+        member.load_state_dict(torch.load(path, map_location=device))
+        members.append(member.eval())
+    if len(members) == 1 and not flip:
+        return members[0]
+    return TeacherEnsemble(members, flip_average=flip).eval()
+
+
 def train_teacher(args: TrainArgs, out: Path, train: Tensors, val: Tensors, channels: int, classes: int,
                   log: Callable[[dict[str, Any]], None]) -> nn.Module:
     torch.manual_seed(args.seed)
-    teacher = TeacherCNN(channels, classes).to(train.x.device)
     if args.teacher_checkpoint:
-        teacher.load_state_dict(torch.load(args.teacher_checkpoint, map_location=train.x.device))
-        teacher.eval()
-        accuracy = evaluate_logits(predict_logits(teacher, val), val.y)["accuracy"]
+        loaded = load_teachers(args.teacher_checkpoint, channels, classes, args.teacher_flip, train.x.device)
+        accuracy = evaluate_logits(predict_logits(loaded, val), val.y)["accuracy"]
         logger.info("teacher: loaded %s (val accuracy %.4f)", args.teacher_checkpoint, accuracy)
-        return teacher
+        return loaded
+    teacher = TeacherCNN(channels, classes).to(train.x.device)
     steps = steps_for(train.y.shape[0], args.loop)
     optimizer = torch.optim.AdamW(teacher.parameters(), lr=args.teacher_lr, weight_decay=args.teacher_weight_decay)
     schedule = cosine_with_warmup(steps * args.teacher_epochs, steps, args.teacher_lr, args.min_lr)
@@ -126,7 +156,7 @@ def train_teacher(args: TrainArgs, out: Path, train: Tensors, val: Tensors, chan
     teacher.load_state_dict(torch.load(best_path, map_location=train.x.device))
     teacher.eval()
     logger.info("teacher: best val accuracy %.4f", stage.best_accuracy)
-    return teacher
+    return TeacherEnsemble([teacher], flip_average=True).eval() if args.teacher_flip else teacher
 
 
 def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, contract: ModelContract,
@@ -251,6 +281,10 @@ def _family(preset: str) -> str:
     return "DeiT"
 
 
+def load_test(args: TrainArgs, labels: tuple[str, ...]) -> Any:
+    return load_split(args.data_dir, "test", labels, size=(args.image_size, args.image_size))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -260,13 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: several times faster, well within noise
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
 
     classes = parse_classes(args.classes)
     full_train = load_split(args.data_dir, "train", classes, size=(args.image_size, args.image_size))
-    train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.seed)
+    train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.split_seed)
     contract = ModelContract(
         name=args.model_name, version=args.model_version, labels=full_train.label_names,
         input=InputSpec(channels=1, height=args.image_size, width=args.image_size), preprocessing=Preprocessing(),
@@ -281,20 +317,32 @@ def main(argv: list[str] | None = None) -> int:
     teacher = None
     if args.distill != "none":
         teacher = train_teacher(args, out, train, val, contract.input.channels, contract.num_classes, log)
-    _, best_val = train_student(args, out, train, val, contract, teacher, log)
-
-    # Final evaluation: the best student on the held-out test split, read only now.
-    best = load_student(out / "best").to(device).eval()
-    test_ds = load_split(args.data_dir, "test", contract.labels, size=(args.image_size, args.image_size))
-    test = to_tensors(test_ds, contract.preprocessing, device)
-    logits = predict_logits(lambda x: best(pixel_values=x).logits, test)
-    summary = {"best_val_accuracy": best_val, **{f"test_{k}": v for k, v in evaluate_logits(logits, test.y).items()}}
-    if teacher is not None:
-        summary["teacher_test_accuracy"] = evaluate_logits(predict_logits(teacher, test), test.y)["accuracy"]
+    summary: dict[str, Any] = {}
+    if args.teacher_only:
+        # The held-out test split is read only now, after the last training step.
+        assert teacher is not None  # __post_init__ refuses --teacher-only with --distill=none
+        test = to_tensors(load_test(args, contract.labels), contract.preprocessing, device)
+        logits = predict_logits(teacher, test)
+        summary["teacher_test_accuracy"] = evaluate_logits(logits, test.y)["accuracy"]
+    else:
+        _, best_val = train_student(args, out, train, val, contract, teacher, log)
+        # Final evaluation: the best student on the held-out test split, read only now.
+        best = load_student(out / "best").to(device).eval()
+        test = to_tensors(load_test(args, contract.labels), contract.preprocessing, device)
+        logits = predict_logits(lambda x: best(pixel_values=x).logits, test)
+        summary = {"best_val_accuracy": best_val,
+                   **{f"test_{k}": v for k, v in evaluate_logits(logits, test.y).items()},
+                   "test_flip_averaged_accuracy": evaluate_logits(
+                       predict_logits(LogitsOnly(best, flip_average=True), test), test.y)["accuracy"]}
+        if teacher is not None:
+            summary["teacher_test_accuracy"] = evaluate_logits(predict_logits(teacher, test), test.y)["accuracy"]
     (out / "final_report.json").write_text(json.dumps(summary, indent=2))
     log.finish(summary, test.y.tolist(), logits.argmax(1).tolist(), contract.labels)
-    logger.info("done: %s; best model in %s (next: emotion export --checkpoint %s)", summary, out / "best",
-                out / "best")
+    if args.teacher_only:
+        logger.info("done: %s; teacher in %s", summary, out / "teacher" / "best.pt")
+    else:
+        logger.info("done: %s; best model in %s (next: emotion export --checkpoint %s)", summary, out / "best",
+                    out / "best")
     return 0
 
 

@@ -73,7 +73,8 @@ def open_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image.Im
 
 
 def _to_contract(img: Image.Image, contract: ModelContract) -> np.ndarray:
-    img = img.convert(contract.preprocessing.color_mode)
+    if img.mode != contract.preprocessing.color_mode:
+        img = img.convert(contract.preprocessing.color_mode)
     size = (contract.input.width, contract.input.height)
     if img.size != size:
         img = img.resize(size, RESAMPLING[contract.preprocessing.resize])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,10 @@ def _result(state: ServiceState, probs: np.ndarray) -> dict[str, Any]:
 
 
 def _count(state: ServiceState, results: list[np.ndarray | ErrorInfo]) -> None:
-    for item in results:
-        state.metrics.images.inc(tags={"outcome": item.code if isinstance(item, ErrorInfo) else "ok"})
+    # One counter update per outcome, not per image: each update costs tens of microseconds in Ray's metrics.
+    outcomes = Counter(item.code if isinstance(item, ErrorInfo) else "ok" for item in results)
+    for outcome, count in outcomes.items():
+        state.metrics.images.inc(count, tags={"outcome": outcome})
 
 
 @router.post(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,39 @@ def test_choose_keeps_the_size_and_invariance_rules() -> None:
     assert choose(rows, 0.005, min_compression=2.0)["variant"] == "dynamic_per_row"
     with pytest.raises(ContractError, match=r"1/4\.0"):
         choose(rows, 0.005, min_compression=4.0)
+
+
+def test_ensemble_of_checkpoints_exports_as_one_graph(micro_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from models.architectures import load_student
+    from models.export import ExportArguments, export, load_checkpoint
+
+    other = tmp_path / "other"
+    shutil.copytree(micro_checkpoint, other)
+    model = load_student(other)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)  # a different member, same contract
+    model.save_pretrained(other)
+
+    def export_one(checkpoint: str, name: str) -> Path:
+        export(ExportArguments(checkpoint=Path(checkpoint), output=tmp_path / name, flip_average=False))
+        return tmp_path / name / "model.onnx"
+
+    both = export_one(f"{micro_checkpoint},{other}", "both")
+    x = np.random.default_rng(1).normal(size=(4, 1, 48, 48)).astype(np.float32)
+    members = [_logits(export_one(str(c), f"m{i}"), x) for i, c in enumerate((micro_checkpoint, other))]
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # the members really differ
+    np.testing.assert_allclose(_logits(both, x), (members[0] + members[1]) / 2, atol=1e-5)
+    assert load_contract(tmp_path / "both").architecture.startswith("ensemble of 2 students")
+
+    # Members must agree on what goes in: another input size is refused, naming the folder.
+    smaller = tmp_path / "smaller"
+    shutil.copytree(micro_checkpoint, smaller)
+    contract = load_contract(smaller, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
+    replace(contract, input=replace(contract.input, height=24, width=24)).save(smaller, CHECKPOINT_CONTRACT_FILE)
+    with pytest.raises(ContractError, match=r"smaller.*differ"):
+        load_checkpoint(f"{micro_checkpoint},{smaller}")

@@ -63,6 +63,38 @@ def test_train_without_teacher(tiny_fer: Path, tmp_path: Path) -> None:
     assert "teacher_test_accuracy" not in json.loads((out / "final_report.json").read_text())
 
 
+def test_teacher_members_train_alone_then_teach_as_an_ensemble(tiny_fer: Path, tmp_path: Path) -> None:
+    members = []
+    for seed in (1, 2):
+        out = tmp_path / f"teacher{seed}"
+        assert main([*_argv(tiny_fer, out, epochs=1), "--teacher-only", "--seed", str(seed)]) == 0
+        assert not (out / "student").exists() and not (out / "best").exists()
+        assert 0.0 <= json.loads((out / "final_report.json").read_text())["teacher_test_accuracy"] <= 1.0
+        members.append(str(out / "teacher" / "best.pt"))
+    out = tmp_path / "student"
+    assert main([*_argv(tiny_fer, out, epochs=1), "--teacher-checkpoint", ",".join(members), "--teacher-flip"]) == 0
+    assert not (out / "teacher").exists()  # the ensemble was loaded, not trained
+    report = json.loads((out / "final_report.json").read_text())
+    assert {"teacher_test_accuracy", "test_flip_averaged_accuracy"} <= report.keys()
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
+        main([*_argv(tiny_fer, tmp_path / "x", epochs=1), "--teacher-checkpoint", f"{members[0]},nope.pt"])
+
+
+def test_teacher_ensemble_averages_members_and_mirrors() -> None:
+    from models.architectures import TeacherCNN, TeacherEnsemble
+
+    torch.manual_seed(0)
+    a, b = TeacherCNN(1, 3).eval(), TeacherCNN(1, 3).eval()
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(TeacherEnsemble([a, b])(x), (a(x) + b(x)) / 2, atol=1e-6)
+        flipped = TeacherEnsemble([a], flip_average=True)
+        assert torch.allclose(flipped(x), (a(x) + a(torch.flip(x, dims=[3]))) / 2, atol=1e-6)
+        assert torch.allclose(flipped(x), flipped(torch.flip(x, dims=[3])), atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        TeacherEnsemble([])
+
+
 def test_unknown_class_is_a_clear_error(tiny_fer: Path, tmp_path: Path) -> None:
     argv = [*_argv(tiny_fer, tmp_path / "x", epochs=1), "--classes", "angry,contempt"]
     with pytest.raises(ValueError, match="contempt"):
