@@ -21,6 +21,7 @@ ONGOING = "emotion_ongoing_requests"
 REJECTED = "emotion_rejected_requests"
 PREDICTIONS = "emotion_predictions"
 IMAGES = "emotion_images"
+COALESCER = "emotion_coalescer"  # _calls, _requests, _images
 MODEL_LOAD = "emotion_model_load_seconds"
 
 # Exported names, as a scrape shows them (histograms also have _bucket/_count/_sum).
@@ -32,6 +33,7 @@ EXPORTED_NAMES = (
     f"ray_{ONGOING}",
     f"ray_{PREDICTIONS}_total",
     f"ray_{IMAGES}_total",
+    *(f"ray_{COALESCER}_{count}_total" for count in ("calls", "requests", "images")),
     f"ray_{MODEL_LOAD}",
 )
 
@@ -46,6 +48,7 @@ class IngressMetrics:
     stage: Any
     ongoing: Any
     images: Any
+    coalesced: dict[str, Any]  # "calls" / "requests" / "images" counters of the ingress coalescer
 
 
 @dataclass
@@ -77,6 +80,11 @@ def ingress_metrics() -> IngressMetrics:
         stage=stage_histogram(),
         ongoing=Gauge(ONGOING, description="Requests in flight in this ingress replica."),
         images=Counter(IMAGES, description="Images received, by outcome (ok or an error code).", tag_keys=("outcome",)),
+        coalesced={
+            count: Counter(f"{COALESCER}_{count}", description=f"Ingress coalescing: {what}.")
+            for count, what in (("calls", "preprocessor calls"), ("requests", "HTTP requests carried by them"),
+                                ("images", "images carried by them"))
+        },
     )  # fmt: skip
 
 
@@ -108,7 +116,8 @@ class _NullMetric:
 
 def null_ingress_metrics() -> IngressMetrics:
     null = _NullMetric()
-    return IngressMetrics(requests=null, latency=null, stage=null, ongoing=null, images=null)
+    return IngressMetrics(requests=null, latency=null, stage=null, ongoing=null, images=null,
+                          coalesced={"calls": null, "requests": null, "images": null})
 
 
 def keep_gauges_exported(gauges: list[tuple[Any, Callable[[], float]]], period_s: float = 2.0) -> threading.Thread:
