@@ -69,7 +69,6 @@ def serve_main(argv: Sequence[str]) -> int:
         signal.signal(signal.SIGTERM, on_signal)
 
     install_handlers()
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = load_settings(**overrides)
         local.preflight(settings)

@@ -9,11 +9,11 @@ import errno
 import os
 import socket
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from serve.fastmode import apply_fast_mode
 from serve.inference import OnnxClassifier
@@ -100,10 +100,12 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # The standard library, not httpx: `emotion serve` must run with the serving dependencies alone.
         try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):  # not listening yet, or 503 while warming up
             pass
         time.sleep(0.25)
     raise StartupError(f"the service did not become ready at {url}/readyz within {timeout_s:.0f}s")
