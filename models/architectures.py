@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,12 +272,17 @@ class TeacherEnsemble(nn.Module):
         self.flip_average = flip_average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        views = torch.cat([x, torch.flip(x, dims=[3])]) if self.flip_average else x
-        logits = torch.stack([member(views) for member in self.members]).mean(0)
-        if self.flip_average:
-            n = x.shape[0]
-            logits = (logits[:n] + logits[n:]) * 0.5
-        return logits
+        def mean_logits(views: torch.Tensor) -> torch.Tensor:
+            return torch.stack([member(views) for member in self.members]).mean(0)
+
+        return mirror_averaged(mean_logits, x) if self.flip_average else mean_logits(x)
+
+
+def mirror_averaged(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``forward``'s logits for each image and its mirror image, both views run as one batch of 2N."""
+    n = x.shape[0]
+    logits = forward(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
+    return (logits[:n] + logits[n:]) * 0.5
 
 
 class LogitsOnly(nn.Module):
@@ -292,9 +298,7 @@ class LogitsOnly(nn.Module):
         self.flip_average = flip_average
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not self.flip_average:
-            return self.model(pixel_values=pixel_values).logits  # type: ignore[no-any-return]
-        n = pixel_values.shape[0]
-        both = torch.cat([pixel_values, torch.flip(pixel_values, dims=[3])], dim=0)
-        logits: torch.Tensor = self.model(pixel_values=both).logits
-        return (logits[:n] + logits[n:]) * 0.5
+        def logits(views: torch.Tensor) -> torch.Tensor:
+            return self.model(pixel_values=views).logits  # type: ignore[no-any-return]
+
+        return mirror_averaged(logits, pixel_values) if self.flip_average else logits(pixel_values)

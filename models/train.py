@@ -284,10 +284,6 @@ def _family(preset: str) -> str:
     return "DeiT"
 
 
-def load_test(args: TrainArgs, labels: tuple[str, ...]) -> Any:
-    return load_split(args.data_dir, "test", labels, size=(args.image_size, args.image_size))
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -320,25 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     teacher = None
     if args.distill != "none":
         teacher = train_teacher(args, out, train, val, contract.input.channels, contract.num_classes, log)
-    summary: dict[str, Any] = {}
-    if args.teacher_only:
-        # The held-out test split is read only now, after the last training step.
-        assert teacher is not None  # __post_init__ refuses --teacher-only with --distill=none
-        test = to_tensors(load_test(args, contract.labels), contract.preprocessing, device)
-        logits = predict_logits(teacher, test)
-        summary["teacher_test_accuracy"] = evaluate_logits(logits, test.y)["accuracy"]
-    else:
+    best_val = None
+    if not args.teacher_only:
         _, best_val = train_student(args, out, train, val, contract, teacher, log)
-        # Final evaluation: the best student on the held-out test split, read only now.
+
+    # Final evaluation on the held-out test split, read only now, after the last training step.
+    test_ds = load_split(args.data_dir, "test", contract.labels, size=(args.image_size, args.image_size))
+    test = to_tensors(test_ds, contract.preprocessing, device)
+    summary: dict[str, Any] = {}
+    if teacher is not None:
+        logits = predict_logits(teacher, test)  # a --teacher-only run reports its teacher
+        summary["teacher_test_accuracy"] = evaluate_logits(logits, test.y)["accuracy"]
+    if not args.teacher_only:
         best = load_student(out / "best").to(device).eval()
-        test = to_tensors(load_test(args, contract.labels), contract.preprocessing, device)
         logits = predict_logits(lambda x: best(pixel_values=x).logits, test)
-        summary = {"best_val_accuracy": best_val,
-                   **{f"test_{k}": v for k, v in evaluate_logits(logits, test.y).items()},
-                   "test_flip_averaged_accuracy": evaluate_logits(
-                       predict_logits(LogitsOnly(best, flip_average=True), test), test.y)["accuracy"]}
-        if teacher is not None:
-            summary["teacher_test_accuracy"] = evaluate_logits(predict_logits(teacher, test), test.y)["accuracy"]
+        summary["best_val_accuracy"] = best_val
+        summary.update({f"test_{k}": v for k, v in evaluate_logits(logits, test.y).items()})
+        flipped = predict_logits(LogitsOnly(best, flip_average=True), test)
+        summary["test_flip_averaged_accuracy"] = evaluate_logits(flipped, test.y)["accuracy"]
     (out / "final_report.json").write_text(json.dumps(summary, indent=2))
     log.finish(summary, test.y.tolist(), logits.argmax(1).tolist(), contract.labels)
     if args.teacher_only:
