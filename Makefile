@@ -34,7 +34,7 @@ lint: $(VENV)/.dev-installed
 
 # >= 10,000 hostile requests against a freshly started service (about 5 minutes on 2 cores).
 fuzz: $(VENV)/.dev-installed
-	$(BIN)/python tests/fuzz_service.py --requests 10000
+	$(BIN)/python tools/fuzz_service.py --requests 10000
 
 rayservice:
 	$(BIN)/python deploy/render_rayservice.py

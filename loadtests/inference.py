@@ -13,14 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from models.contract import DEFAULT_MODEL_DIR, ModelContract, load_contract
-
-_RESAMPLING = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+from models.contract import DEFAULT_MODEL_DIR, RESAMPLING, ModelContract, load_contract
 
 
 def preprocess(data: bytes, contract: ModelContract) -> np.ndarray:
@@ -28,7 +21,7 @@ def preprocess(data: bytes, contract: ModelContract) -> np.ndarray:
     pre, spec = contract.preprocessing, contract.input
     img = Image.open(io.BytesIO(data)).convert(pre.color_mode)
     if img.size != (spec.width, spec.height):
-        img = img.resize((spec.width, spec.height), _RESAMPLING[pre.resize])
+        img = img.resize((spec.width, spec.height), RESAMPLING[pre.resize])
     x = np.asarray(img, dtype=np.float32) * np.float32(pre.scale)
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
     mean = np.asarray(pre.mean, dtype=np.float32)[:, None, None]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from serve import ports
+from serve.runtime import ports
 
 REPO = Path(__file__).resolve().parents[1]
 

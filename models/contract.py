@@ -11,6 +11,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from PIL import Image
+
+# The contract's ``preprocessing.resize`` names -> Pillow filters: one table for training, evaluation and serving.
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
 CONFIG_FILE = "config.json"
 # Inside a training checkpoint folder HF's own config.json is taken, so the contract travels under this name.
 CHECKPOINT_CONTRACT_FILE = "emotion_contract.json"

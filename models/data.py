@@ -23,19 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.contract import RESAMPLING
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLASSES: tuple[str, ...] = ("angry", "happy", "sad")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 DATA_DIR_ENV = "EMOTION_DATA_DIR"
-RESAMPLING = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
 class DatasetError(ValueError):
     """A dataset path, layout or class selection is unusable."""
 

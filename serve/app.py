@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
 from models.contract import load_contract
-from serve.frames import detector_config
-from serve.ingress import Ingress
-from serve.model import EmotionModel
-from serve.preprocessor import Preprocessor
-from serve.settings import Settings, load_settings
+from serve.core.frames import detector_config
+from serve.deployments.ingress import Ingress
+from serve.deployments.model import EmotionModel
+from serve.deployments.preprocessor import Preprocessor
+from serve.runtime.settings import Settings, load_settings
 
 
 class AppArgs(BaseModel):
@@ -40,7 +40,7 @@ def build_app(args: AppArgs) -> Application:
         args: the config file's ``args:``; unset fields fall back to ``EMOTION_*`` settings.
 
     Raises:
-        serve.settings.SettingsError: a bad ``EMOTION_*`` value.
+        serve.runtime.settings.SettingsError: a bad ``EMOTION_*`` value.
         models.contract.ContractError: the model folder is missing or its config.json is malformed.
     """
     if not isinstance(args, AppArgs):  # a plain dict when called outside Serve's validation

@@ -20,7 +20,7 @@ from types import FrameType
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("start the service on an embedded local Ray instance", "serve.cli:serve_main"),
     "predict": ("classify local image files in-process (onnxruntime, no Ray)", "serve.cli:predict_main"),
-    "analyze-video": ("faces + emotions of every frame of a video (in-process, or --url ws://...)", "serve.video:main"),
+    "analyze-video": ("faces + emotions of every frame of a video (needs the client extra)", "client.video:main"),
     "train": ("train a model", "models.train:main"),
     "evaluate": ("evaluate an ONNX model on a test split", "models.evaluate:main"),
     "export": ("export a trained checkpoint to ONNX", "models.export:main"),
@@ -55,8 +55,8 @@ def serve_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     from models.contract import ContractError
-    from serve import local
-    from serve.settings import SettingsError, load_settings
+    from serve.runtime import local
+    from serve.runtime.settings import SettingsError, load_settings
 
     overrides = {k: v for k, v in {"host": opts.host, "port": opts.port, "model_dir": opts.model_dir}.items() if v}
     stop = threading.Event()
@@ -97,10 +97,10 @@ def predict_main(argv: Sequence[str]) -> int:
     opts = parser.parse_args(argv)
 
     from models.contract import ContractError
+    from serve.core.imaging import decode_image
+    from serve.core.inference import OnnxClassifier, to_prediction
     from serve.errors import ServiceError
-    from serve.imaging import decode_image
-    from serve.inference import OnnxClassifier, to_prediction
-    from serve.settings import SettingsError, load_settings
+    from serve.runtime.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(**({"model_dir": opts.model_dir} if opts.model_dir else {}))

@@ -1,7 +1,7 @@
 """A flat tree of client-facing errors, each with a stable machine-readable code and one HTTP status.
 
 Pure module (no Ray, no FastAPI): the ingress maps ``ServiceError`` to a response in one place
-(``serve.ingress``), and replicas return ``ErrorInfo`` values for per-image failures instead of raising.
+(``serve.deployments.ingress``), and replicas return ``ErrorInfo`` values for per-image failures instead of raising.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], N
     """Start the app on a small private local Ray (2 CPUs, 200 MB object store, short temp dir, free ports)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
-    from serve import local
-    from serve.settings import load_settings
+    from serve.runtime import local
+    from serve.runtime.settings import load_settings
 
     options: dict[str, object] = {
         "port": free_port(), "metrics_export_port": free_port(), "auth": "on", "api_keys": API_KEY,

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from models.data import default_data_dir
-from serve.detection.boxes import greedy_match, iou_matrix
+from serve.core.detection.boxes import greedy_match, iou_matrix
 from tests.integration.conftest import API_KEY, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.data, pytest.mark.timeout(900)]
@@ -36,7 +36,7 @@ def _ws_url(service: Service, query: str = "") -> str:
 
 
 def _jpeg_frames(clip: Path) -> list[bytes]:
-    from serve.video import read_frames
+    from client.video import read_frames
 
     _, _, frames = read_frames(clip)
     out = []
@@ -138,7 +138,7 @@ def test_bad_frames_and_abrupt_disconnects_leave_the_service_healthy(service: Se
 
 @pytest.mark.parametrize("clip", sorted(CLIPS))
 def test_video_command_through_the_service(service: Service, tmp_path: Path, clip: str) -> None:
-    from serve.video import main
+    from client.video import main
 
     url = service.url.replace("http://", "ws://")
     assert main([str(_data("video", clip)), "--url", url, "--api-key", API_KEY, "--out", str(tmp_path)]) == 0

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.fuzz_service import fuzz
 from tests.integration.conftest import API_KEY, Service
+from tools.fuzz_service import fuzz
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 

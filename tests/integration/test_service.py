@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from models.data import DEFAULT_CLASSES
-from serve.imaging import decode_image
-from serve.inference import OnnxClassifier
-from serve.metrics import EXPORTED_NAMES
-from serve.settings import load_settings
+from serve.core.imaging import decode_image
+from serve.core.inference import OnnxClassifier
+from serve.runtime.metrics import EXPORTED_NAMES
+from serve.runtime.settings import load_settings
 from tests.conftest import encode, require_fer
 from tests.integration.conftest import API_KEY, Service
 

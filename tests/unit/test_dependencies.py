@@ -15,13 +15,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
-# The detector comparison candidates (serve/detection/candidates.py) are optional by design: each is built only
-# when its package (yuface, mediapipe) is installed, for the measurement table, never by the service.
-SERVING_CODE = [
-    *sorted(p for p in (REPO / "serve").rglob("*.py") if p.name != "candidates.py"),
-    *(REPO / "models" / name for name in ("contract.py", "data.py", "metrics.py")),
-]
-LOCAL_PACKAGES = {"serve", "models", "loadtests", "tests"}
+# Everything under serve/ plus the one module of models/ that serving may import (tests/unit/test_layers.py).
+SERVING_CODE = [*sorted((REPO / "serve").rglob("*.py")), REPO / "models" / "contract.py"]
+LOCAL_PACKAGES = {"serve", "models", "client", "tools", "loadtests", "tests"}
 
 
 def installed_by(requirements: list[str]) -> set[str]:

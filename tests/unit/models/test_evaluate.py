@@ -1,4 +1,4 @@
-"""models.evaluate and models/check_model.py on a torch-free linear ONNX model and a generated dataset."""
+"""models.evaluate and tools/check_model.py on a torch-free linear ONNX model and a generated dataset."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_check_model_reproduces_evaluate(fer_like: Path, linear_onnx: LINEAR, tm
     out = subprocess.run(
         [
             sys.executable,
-            str(REPO / "models" / "check_model.py"),
+            str(REPO / "tools" / "check_model.py"),
             "--model",
             str(folder),
             "--data",

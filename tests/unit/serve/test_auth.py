@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from serve.auth import check_api_key, presented_key
 from serve.errors import Forbidden, Unauthorized
-from serve.settings import digest_key
+from serve.http.auth import check_api_key, presented_key
+from serve.runtime.settings import digest_key
 
 DIGESTS = (digest_key("secret-1"), digest_key("secret-2"))
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serve.coalesce import Coalescer
+from serve.core.coalesce import Coalescer
 
 
 class Downstream:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from models.contract import InputSpec, ModelContract, Preprocessing
-from serve.detection.crop import crop_faces, crop_square, decode_frame, square_region
+from serve.core.detection.crop import crop_faces, crop_square, decode_frame, square_region
 from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
 
 GREY = ModelContract(name="t", version="1", labels=("a", "b"))

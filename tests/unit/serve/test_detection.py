@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from models.data import default_data_dir
-from serve.detection import CenterFaceDetector, DetectorConfig, Face, select_faces
-from serve.detection.boxes import greedy_match, iou_matrix, nms
-from serve.detection.centerface import decode, input_size
+from serve.core.detection import CenterFaceDetector, DetectorConfig, Face, select_faces
+from serve.core.detection.boxes import greedy_match, iou_matrix, nms
+from serve.core.detection.centerface import decode, input_size
 
 
 class FakeSession:
@@ -107,7 +107,7 @@ def _boxes_parquet() -> Path:
 @pytest.mark.data
 @pytest.mark.timeout(120)
 def test_real_detector_finds_the_faces_of_real_photos() -> None:
-    from serve.detection.evaluate import load_samples, score
+    from tools.detector_benchmark import load_samples, score
 
     samples = load_samples(_boxes_parquet(), limit_per_subset=4)
     result: Any = score(CenterFaceDetector(DetectorConfig(min_face_px=0)), samples).summary()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.fastmode import PORT_RANGE, WRAPPER, fast_mode_env
+from serve.runtime.fastmode import PORT_RANGE, WRAPPER, fast_mode_env
 
 
 def test_fresh_environment_gets_fast_mode_and_loopback_ports() -> None:

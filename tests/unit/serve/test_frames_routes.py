@@ -9,12 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from serve.core.frames import FrameFaces, InProcessFrames, detector_config
 from serve.errors import ErrorInfo
-from serve.frames import FrameFaces, InProcessFrames, detector_config
-from serve.metrics import null_ingress_metrics
-from serve.settings import Settings, load_settings
-from serve.state import ServiceState
-from serve.webapp import create_app
+from serve.http.state import ServiceState
+from serve.http.webapp import create_app
+from serve.runtime.metrics import null_ingress_metrics
+from serve.runtime.settings import Settings, load_settings
 from tests.conftest import encode
 
 
@@ -118,7 +118,7 @@ def test_demo_page_is_served(client: TestClient) -> None:
 
 
 def test_metric_buckets_are_valid_for_ray() -> None:
-    from serve.frames import DROPPED_BUCKETS, FACES_BUCKETS
+    from serve.core.frames import DROPPED_BUCKETS, FACES_BUCKETS
 
     for buckets in (FACES_BUCKETS, DROPPED_BUCKETS):
         assert all(b > 0 for b in buckets) and buckets == sorted(buckets)

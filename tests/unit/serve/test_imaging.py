@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from models.contract import ModelContract
+from serve.core.imaging import decode_image
 from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
-from serve.imaging import decode_image
 from tests.conftest import encode
 
 CONTRACT = ModelContract(name="t", version="0", labels=("angry", "happy", "sad"))

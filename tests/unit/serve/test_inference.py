@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.contract import DEFAULT_MODEL_DIR, ContractError, ModelContract
-from serve.inference import OnnxClassifier, normalise, softmax, to_prediction
+from serve.core.inference import OnnxClassifier, normalise, softmax, to_prediction
 
 CONTRACT = ModelContract(name="t", version="0", labels=("angry", "happy", "sad"))
 

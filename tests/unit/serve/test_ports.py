@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from serve.fastmode import PORT_RANGE
-from serve.ports import free_port
+from serve.runtime.fastmode import PORT_RANGE
+from serve.runtime.ports import free_port
 
 
 def test_free_port_never_returns_a_bound_or_taken_port() -> None:

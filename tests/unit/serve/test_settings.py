@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from models.contract import DEFAULT_MODEL_DIR
-from serve.settings import SettingsError, digest_key, is_loopback, load_settings
+from serve.runtime.settings import SettingsError, digest_key, is_loopback, load_settings
 
 
 def test_defaults() -> None:

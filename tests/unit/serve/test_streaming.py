@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from serve.core.streaming import Reply, StreamSession
 from serve.errors import InvalidImage
-from serve.streaming import Reply, StreamSession
 
 
 async def _run(frames: list[bytes], *, delay: float, max_pending: int, concurrency: int) -> list[Reply]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve.tracking import FaceTracker
+from serve.core.tracking import FaceTracker
 
 
 def test_ids_stay_stable_while_faces_move_a_little() -> None:

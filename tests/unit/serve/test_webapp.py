@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from serve.core.imaging import decode_image
+from serve.core.inference import OnnxClassifier
 from serve.errors import ErrorInfo, ServiceError
-from serve.imaging import decode_image
-from serve.inference import OnnxClassifier
-from serve.metrics import null_ingress_metrics
-from serve.settings import Settings, digest_key, load_settings
-from serve.state import ServiceState
-from serve.webapp import create_app
+from serve.http.state import ServiceState
+from serve.http.webapp import create_app
+from serve.runtime.metrics import null_ingress_metrics
+from serve.runtime.settings import Settings, digest_key, load_settings
 from tests.conftest import encode
 
 CLF = OnnxClassifier(load_settings().model_dir)

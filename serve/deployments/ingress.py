@@ -1,0 +1,127 @@
+"""The ingress deployment: serves the FastAPI app and coalesces concurrent requests into one preprocessor call
+(``serve.core.coalesce``: a call is formed when one of its slots frees up, so batches grow with the load).
+
+The app is built inside the replica (``__serve_build_asgi_app__``), around this object as its ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from models.contract import load_contract, load_metrics
+from serve.core.admission import FRAME_COST, Admission
+from serve.core.batching import CoalesceConfig
+from serve.core.coalesce import Coalescer
+from serve.core.frames import FrameFaces, frame_metrics
+from serve.errors import ErrorInfo, Overloaded
+from serve.http.state import ServiceState
+from serve.http.webapp import create_app
+from serve.runtime.metrics import ingress_metrics, keep_gauges_exported
+from serve.runtime.settings import Settings
+
+
+@serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=256,
+    max_queued_requests=512,
+    ray_actor_options={"num_cpus": 0.5},
+    backpressure_config={"status_code": 503, "retry_after_s": 1},
+)
+@serve.ingress()
+class Ingress:
+    """HTTP front door.
+
+    Args:
+        preprocessor: handle to the Preprocessor deployment.
+        model: handle to the EmotionModel deployment (readiness).
+        settings: the service settings, resolved once when the app was built.
+        key_digests: SHA-256 digests of the API keys (the keys themselves never leave the builder).
+    """
+
+    def __init__(
+        self,
+        preprocessor: DeploymentHandle[Any],
+        model: DeploymentHandle[Any],
+        settings: Settings,
+        key_digests: tuple[str, ...],
+    ) -> None:
+        self._pre = preprocessor
+        self._model = model
+        self._settings = settings
+        self._metrics = ingress_metrics()
+        self.reconfigure({})  # CoalesceConfig's defaults until Serve passes a user_config
+        self._admission = Admission(settings.max_inflight_images, settings.max_queue_delay_s)
+        self.frame_metrics = frame_metrics()
+        contract = load_contract(settings.model_dir, require_onnx=False)
+        self._state = ServiceState(
+            pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
+            metrics=self._metrics, key_digests=key_digests, echo_request_id=False, admission=self._admission,
+        )  # fmt: skip
+
+        keep_gauges_exported(
+            [
+                (self._metrics.ongoing, lambda: float(self._state.ongoing)),
+                (self.frame_metrics.open_streams, lambda: float(self.frame_metrics.open_count)),
+            ]
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._state)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = CoalesceConfig(**user_config)
+        # Requests already waiting in a replaced coalescer are still sent by it as its calls finish.
+        self._coalescer: Coalescer[bytes, np.ndarray | ErrorInfo] = Coalescer(
+            self._call, max_items=config.max_images, slots=config.max_calls_in_flight, on_call=self._observe_call
+        )
+
+    async def ready(self) -> bool:
+        ready: bool = await asyncio.wait_for(self._model.ready.remote(), timeout=5.0)
+        return ready
+
+    async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
+        with self._admission.admit(FRAME_COST), _overload_as_503():
+            result: FrameFaces | ErrorInfo = await asyncio.wait_for(
+                self._pre.analyze.remote(frame), self._settings.request_timeout_s
+            )
+            return result
+
+    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        with self._admission.admit(len(images)), _overload_as_503():
+            result: list[np.ndarray | ErrorInfo] = await asyncio.wait_for(
+                self._coalescer.submit(images), self._settings.request_timeout_s
+            )
+            return result
+
+    def _observe_call(self, requests: int, images: int) -> None:
+        # Counters, not a histogram: Ray estimates histogram sums from bucket midpoints; these means are exact.
+        for count, value in (("calls", 1), ("requests", requests), ("images", images)):
+            self._metrics.coalesced[count].inc(value)
+
+    async def _call(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        start = time.perf_counter()
+        results: list[np.ndarray | ErrorInfo] = await self._pre.classify.remote(images)
+        self._metrics.stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "preprocess_call"})
+        return results
+
+
+@contextlib.contextmanager
+def _overload_as_503() -> Iterator[None]:
+    """Full downstream queues (max_queued_requests), timeouts and lost replicas become 503 overloaded + Retry-After."""
+    try:
+        yield
+    except BackPressureError:
+        raise Overloaded("the service is saturated (queues full); retry later") from None
+    except (TimeoutError, RayError):
+        raise Overloaded("the service could not answer in time; retry later") from None

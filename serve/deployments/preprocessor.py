@@ -1,0 +1,86 @@
+"""The preprocessing deployment: decode and validate images, resize them to the contract, call the model.
+
+One handle call carries many images (the ingress coalesces requests); one model call carries the decoded uint8
+stack. Later stages (face detection for /v1/analyze) add methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from models.contract import load_contract
+from serve.core.detection import CenterFaceDetector, DetectorConfig
+from serve.core.frames import FrameAnalyzer, FrameFaces, with_probabilities
+from serve.core.imaging import configure_pillow, decode_image
+from serve.errors import ErrorInfo, ServiceError
+from serve.runtime.metrics import stage_histogram
+
+
+@serve.deployment(
+    name="Preprocessor", max_ongoing_requests=32, max_queued_requests=256, ray_actor_options={"num_cpus": 0.5}
+)
+class Preprocessor:
+    """Turns encoded images into model answers, one per image, failures as ErrorInfo.
+
+    Args:
+        model: handle to the EmotionModel deployment.
+        model_dir: folder with config.json (the preprocessing contract).
+        max_image_pixels: largest accepted width x height.
+        detector: face detector settings for whole frames (``analyze``).
+    """
+
+    def __init__(
+        self,
+        model: DeploymentHandle[Any],
+        model_dir: str,
+        max_image_pixels: int,
+        detector: DetectorConfig | None = None,
+    ) -> None:
+        self._model = model
+        self._contract = load_contract(model_dir, require_onnx=False)
+        self._max_pixels = max_image_pixels
+        configure_pillow(max_image_pixels)
+        self._stage = stage_histogram()
+        self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels)
+        # Decode + detection release the GIL; a small pool keeps them off the event loop without oversubscribing.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="detect")
+
+    async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
+        """Every face of one frame with probabilities; all its faces go to the model as one batch."""
+        try:
+            faces, crops = await asyncio.get_running_loop().run_in_executor(self._pool, self._frames.prepare, frame)
+        except ServiceError as exc:
+            return exc.info()
+        self._stage.observe(faces.detect_ms, tags={"stage": "detect"})
+        if not len(crops):
+            return with_probabilities(faces, np.zeros((0, self._contract.num_classes), np.float32))
+        start = time.perf_counter()
+        probs = await self._model.predict.remote(crops)
+        self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
+        return with_probabilities(faces, probs)
+
+    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        """Probabilities or an ErrorInfo for every image, in input order."""
+        start = time.perf_counter()
+        results: list[np.ndarray | ErrorInfo] = []
+        decoded: list[np.ndarray] = []
+        for data in images:
+            try:
+                decoded.append(decode_image(data, self._contract, max_pixels=self._max_pixels))
+                results.append(decoded[-1])
+            except ServiceError as exc:
+                results.append(exc.info())
+        self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "decode"})
+        if not decoded:
+            return results
+        start = time.perf_counter()
+        probs = iter(await self._model.predict.remote(np.stack(decoded)))
+        self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
+        return [r if isinstance(r, ErrorInfo) else next(probs) for r in results]

@@ -1,6 +1,0 @@
-"""Face detection for camera frames: a CenterFace detector on onnxruntime, frame decoding and contract crops."""
-
-from serve.detection.base import DetectorConfig, Face, FaceDetector, select_faces
-from serve.detection.centerface import CenterFaceDetector
-
-__all__ = ["CenterFaceDetector", "DetectorConfig", "Face", "FaceDetector", "select_faces"]

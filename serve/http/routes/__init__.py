@@ -1,0 +1,1 @@
+"""HTTP routers, one module per resource; ``serve.http.webapp.ROUTERS`` lists the mounted ones."""

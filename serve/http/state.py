@@ -1,0 +1,59 @@
+"""What the HTTP routes share: the pipeline protocol and the per-replica service state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from starlette.requests import HTTPConnection
+
+from models.contract import ModelContract
+from serve.core.admission import Admission
+from serve.errors import ErrorInfo
+from serve.runtime.metrics import IngressMetrics
+from serve.runtime.settings import Settings
+
+
+class Pipeline(Protocol):
+    """What the routes need from the deployment graph (handles in Serve, in-process in tests)."""
+
+    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        """Probabilities (float32, contract label order) or an ErrorInfo per image, in input order."""
+        ...
+
+    async def ready(self) -> bool:
+        """True once the model is loaded and its warm-up inference passed."""
+        ...
+
+
+@dataclass
+class ServiceState:
+    """Per-replica state; routes read it with ``get_state(request)``."""
+
+    pipeline: Pipeline
+    settings: Settings
+    contract: ModelContract
+    model_metrics: dict[str, Any] | None
+    metrics: IngressMetrics
+    key_digests: tuple[str, ...] = ()
+    # Serve's proxy already puts X-Request-ID (the client's, or its own) on every response it forwards.
+    echo_request_id: bool = True
+    ongoing: int = 0
+    # The ingress's admission guard: the HTTP middleware sheds /v1/ requests before reading their bodies.
+    admission: Admission | None = None
+
+    @property
+    def model_ref(self) -> dict[str, str]:
+        return {"name": self.contract.name, "version": self.contract.version}
+
+
+def get_state(conn: HTTPConnection) -> ServiceState:
+    """The ServiceState of the app serving this request or WebSocket."""
+    state: ServiceState = conn.app.state.service
+    return state
+
+
+def request_id(conn: HTTPConnection) -> str:
+    rid: str | None = getattr(conn.state, "request_id", None)
+    return rid or "-"

@@ -1,0 +1,113 @@
+"""The FastAPI application: middleware (request id, auth, load shedding, metrics), error mapping, routers.
+
+``create_app(state)`` is plain FastAPI: the Serve ingress builds it inside its replica with a ``Pipeline`` backed by
+deployment handles, and unit tests build it with an in-process one. New routes (``/v1/analyze``, ``/v1/stream``)
+are new modules under ``serve/http/routes/`` added to ``ROUTERS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve import errors
+from serve.http.auth import check_api_key, presented_key
+from serve.http.routes import classify, demo, frames, stream, system
+from serve.http.state import ServiceState, request_id
+
+logger = logging.getLogger("emotion.ingress")
+
+ROUTERS = (system.router, classify.router, frames.router, stream.router, demo.router)
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
+
+
+def error_response(error: errors.ServiceError, rid: str, state: ServiceState) -> JSONResponse:
+    headers = {"X-Request-ID": rid} if state.echo_request_id else {}
+    retry_after_s = state.settings.retry_after_s
+    if error.status == 503:
+        headers["Retry-After"] = str(retry_after_s)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(errors.error_body(error, rid), status_code=error.status, headers=headers)
+
+
+def create_app(state: ServiceState) -> FastAPI:
+    """Build the HTTP application around a pipeline."""
+    app = FastAPI(
+        title="Emotion detection service",
+        version="1",
+        description="Classifies the emotion of face images. Errors are JSON `{error: {code, message}, request_id}`; "
+        "see the README for every code.",
+    )
+    app.state.service = state
+    for router in ROUTERS:
+        app.include_router(router)
+    _install_error_handlers(app, state)
+    _install_middleware(app, state)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, errors.ServiceError)
+        return error_response(exc, request_id(request), state)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        return error_response(errors.ValidationFailed(str(exc)[:500]), request_id(request), state)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(errors.from_status(exc.status_code, str(exc.detail)), request_id(request), state)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("request %s failed", request_id(request))
+        return error_response(errors.InternalError("internal error"), request_id(request), state)
+
+    app.add_exception_handler(errors.ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _install_middleware(app: FastAPI, state: ServiceState) -> None:
+    settings, metrics = state.settings, state.metrics
+
+    @app.middleware("http")
+    async def frame(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        client_id = request.headers.get("x-request-id", "")
+        rid = client_id if _SANE_REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        request.state.request_id = rid
+        try:
+            if settings.auth_enabled and request.url.path not in _PUBLIC_PATHS:
+                check_api_key(presented_key(request.headers), state.key_digests)
+            # Own bound on top of Serve's queues: shed load at once instead of letting latency grow.
+            if state.ongoing >= settings.max_inflight_requests:
+                raise errors.Overloaded("the service is saturated; retry later")
+            if state.admission is not None and request.method == "POST" and request.url.path.startswith("/v1/"):
+                state.admission.check()  # cheap early 503: no routing, no body read
+        except errors.ServiceError as exc:
+            response: Response = error_response(exc, rid, state)
+        else:
+            state.ongoing += 1
+            metrics.ongoing.set(state.ongoing)
+            try:
+                response = await call_next(request)
+            finally:
+                state.ongoing -= 1
+                metrics.ongoing.set(state.ongoing)
+        if state.echo_request_id:
+            response.headers["X-Request-ID"] = rid
+        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+        metrics.requests.inc(tags={"route": route, "status": str(response.status_code)})
+        metrics.latency.observe((time.perf_counter() - start) * 1000.0, tags={"route": route})
+        return response
