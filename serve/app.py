@@ -1,11 +1,13 @@
-"""The application builder that the CLI and Serve config files (``import_path: serve.app:build_app``) use.
+"""The application builder: ``serve run`` / ``serve deploy`` / KubeRay (``import_path: serve.app:build_app``) and
+``emotion serve`` all build the graph here, from the one Serve config file.
 
-Graph: Ingress (FastAPI) -> Preprocessor -> EmotionModel. Replica counts, autoscaling and CPU shares belong in
-``deploy/serve_config.yaml``; the decorators only hold safe single-machine defaults.
+Graph: Ingress (FastAPI) -> Preprocessor -> EmotionModel. Replica counts, autoscaling, CPU shares, queue bounds and
+``user_config`` live in ``deploy/serve_config.yaml``; the decorators hold none of them.
 """
 
-# No `from __future__ import annotations`: Serve reads build_app's annotation to validate `args` as AppArgs.
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Mapping
+from typing import Any
+
 from ray.serve import Application, Deployment
 
 from models.contract import load_contract
@@ -13,53 +15,47 @@ from serve.core.frames import detector_config
 from serve.deployments.ingress import Ingress
 from serve.deployments.model import EmotionModel
 from serve.deployments.preprocessor import Preprocessor
+from serve.runtime.serve_config import check_setting_names
 from serve.runtime.settings import Settings, load_settings
 
-
-class AppArgs(BaseModel):
-    """Builder arguments (``args:`` in a Serve config). Unset fields fall back to ``EMOTION_*`` settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model_dir: str | None = Field(None, description="Model folder; default EMOTION_MODEL_DIR or models/default.")
-    ort_threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per session run.")
-    ort_parallel_runs: int | None = Field(None, ge=1, description="Session runs at once per model replica.")
-    max_images_per_request: int | None = Field(None, ge=1, description="Batch request image limit.")
-    max_image_pixels: int | None = Field(None, ge=1, description="Pixel limit per image.")
-    max_body_bytes: int | None = Field(None, ge=1024, description="Request body byte limit.")
-
-    def settings(self) -> Settings:
-        overrides = {k: v for k, v in self.model_dump().items() if v is not None}
-        return load_settings(**overrides)
+DeploymentOptions = Mapping[str, Mapping[str, Any]]
 
 
-def build_app(args: AppArgs) -> Application:
-    """The Serve application builder (``import_path: serve.app:build_app``; one parameter, as Serve requires).
+def build_app(args: dict[str, Any]) -> Application:
+    """The Serve application builder (one parameter, as Serve requires).
 
     Args:
-        args: the config file's ``args:``; unset fields fall back to ``EMOTION_*`` settings.
+        args: the config file's ``args:``: ``EMOTION_*`` settings by name in lower case (``model_dir``,
+            ``ort_threads``...); null or absent ones fall back to the environment, then to the defaults.
 
     Raises:
-        serve.runtime.settings.SettingsError: a bad ``EMOTION_*`` value.
+        serve.runtime.settings.SettingsError: an unknown arg or a bad value.
         models.contract.ContractError: the model folder is missing or its config.json is malformed.
     """
-    if not isinstance(args, AppArgs):  # a plain dict when called outside Serve's validation
-        args = AppArgs.model_validate(args or {})
-    return compose(args.settings())
+    given = {k: v for k, v in (args or {}).items() if v is not None}
+    check_setting_names(given, where="serve.app:build_app args")
+    return compose(load_settings(**given))
 
 
-def compose(settings: Settings) -> Application:
-    """Compose the deployment graph from validated settings (the CLI passes its own)."""
+def compose(settings: Settings, options: DeploymentOptions | None = None) -> Application:
+    """Compose the deployment graph from validated settings.
+
+    Args:
+        settings: the resolved settings.
+        options: ``Deployment.options`` per deployment name (``emotion serve`` passes the config file's; Serve
+            applies them itself for ``serve run`` / ``serve deploy``).
+    """
     model_dir = str(settings.model_dir.resolve())
     load_contract(model_dir)  # fail at build time, not in a replica restart loop
-    model = _deployment(EmotionModel).bind(model_dir, settings.ort_threads, settings.ort_parallel_runs)
-    preprocessor = _deployment(Preprocessor).bind(
-        model, model_dir, settings.max_image_pixels, detector_config(settings)
+    opts = options or {}
+    model = _deployment(EmotionModel, opts).bind(model_dir, settings.ort_threads, settings.ort_parallel_runs)
+    preprocessor = _deployment(Preprocessor, opts).bind(
+        model, model_dir, settings.max_image_pixels, detector_config(settings), settings.preprocess_threads
     )
-    return _deployment(Ingress).bind(preprocessor, model, settings, settings.key_digests())
+    return _deployment(Ingress, opts).bind(preprocessor, model, settings, settings.key_digests())
 
 
-def _deployment(obj: object) -> Deployment:
+def _deployment(obj: object, options: DeploymentOptions) -> Deployment:
     # @serve.deployment turns the classes into Deployments; type checkers still see the classes.
     assert isinstance(obj, Deployment)
-    return obj
+    return obj.options(**options[obj.name]) if obj.name in options else obj

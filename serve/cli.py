@@ -46,19 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    """``emotion serve``: settings come from EMOTION_* variables; flags override host, port and model."""
+    """``emotion serve``: runs the Serve config file (EMOTION_SERVE_CONFIG, default deploy/serve_config.yaml).
+
+    Flags override EMOTION_* variables, which override the file's values, which override the settings' defaults.
+    """
     parser = argparse.ArgumentParser(prog="emotion serve", description="Serve the model over HTTP (Ctrl-C stops).")
     parser.add_argument("--host", help="listen address (EMOTION_HOST, default 127.0.0.1)")
     parser.add_argument("--port", help="listen port (EMOTION_PORT, default 8000)")
     parser.add_argument("--model-dir", help="model folder (EMOTION_MODEL_DIR, default models/default)")
+    parser.add_argument("--config", help="Serve config file (EMOTION_SERVE_CONFIG, default deploy/serve_config.yaml)")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     from models.contract import ContractError
     from serve.runtime import local
-    from serve.runtime.settings import SettingsError, load_settings
+    from serve.runtime.serve_config import ServeConfigError, resolve_launch
+    from serve.runtime.settings import SettingsError
 
-    overrides = {k: v for k, v in {"host": opts.host, "port": opts.port, "model_dir": opts.model_dir}.items() if v}
+    flags = {"host": opts.host, "port": opts.port, "model_dir": opts.model_dir, "serve_config": opts.config}
+    overrides = {k: v for k, v in flags.items() if v}
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -70,10 +76,10 @@ def serve_main(argv: Sequence[str]) -> int:
 
     install_handlers()
     try:
-        settings = load_settings(**overrides)
+        settings, config = resolve_launch(overrides)
         local.preflight(settings)
-        print(f"starting Ray and the service (model {settings.model_dir}) ...", flush=True)
-        url = local.start(settings)
+        print(f"starting Ray and the service (model {settings.model_dir}, config {config.path}) ...", flush=True)
+        url = local.start(settings, config)
         install_handlers()  # ray.init installs its own SIGTERM handler, which exits without cleaning up
         print(f"ready: {url}  (API docs {url}/docs, metrics on port {settings.metrics_export_port}); Ctrl-C stops",
               flush=True)  # fmt: skip
@@ -81,7 +87,7 @@ def serve_main(argv: Sequence[str]) -> int:
             pass
         print("shutting down ...", flush=True)
         return 0
-    except (SettingsError, ContractError, local.StartupError) as exc:
+    except (SettingsError, ServeConfigError, ContractError, local.StartupError) as exc:
         print(f"emotion serve: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -19,6 +19,12 @@ class BatchConfig(BaseModel):
     # waiting for more only delays them (A/B, reports/benchmark/ab/ab9.md: model wait 5 ms -> 0, single images at
     # 8 clients 225 -> 265 req/s, p99 50 -> 44 ms).
     batch_wait_timeout_s: Annotated[float, Field(ge=0.0, le=1.0, description="Wait for a batch to fill.")] = 0.0
+    # 2: one batch runs while the next one forms (the session's parallel runs already split a batch in two).
+    max_concurrent_batches: Annotated[int, Field(ge=1, le=64, description="Batches running at once.")] = 2
+    # 8: this model's cost per face is lowest at 4-8 faces (one thread, model 0.3.0: 2.49 ms per face at 8, 2.58 at
+    # 16, 2.64 at 32; A/B reports/benchmark/ab/ab12.md: 32-image requests 599 -> 610 img/s), so a big batch runs as
+    # several session runs of about this size.
+    run_batch_size: Annotated[int, Field(ge=1, le=1024, description="Most faces in one session run.")] = 8
 
 
 class CoalesceConfig(BaseModel):

@@ -1,26 +1,22 @@
 """Whole camera frames: decode, detect faces, crop them per the model contract; the answer that crosses handles.
 
 Pure (no Ray): the Preprocessor deployment runs ``FrameAnalyzer.prepare`` and sends all crops of a frame to the
-model as one batch; ``emotion analyze-video`` runs the same code in-process. Routes reach it through a pipeline
-that also satisfies ``FramePipeline``.
+model as one batch; ``emotion analyze-video`` runs the same code in-process.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from models.contract import ModelContract
 from serve.core.detection import DetectorConfig, FaceDetector
 from serve.core.detection.crop import crop_faces, decode_frame
+from serve.core.inference import OnnxClassifier, to_prediction
 from serve.errors import ErrorInfo
-
-# Ray histogram boundaries must be > 0: the first bucket (<= 0.5) counts frames with no face / no drop.
-FACES_BUCKETS: list[float] = [0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
-DROPPED_BUCKETS: list[float] = [0.5, 1, 2, 5, 10, 20, 50, 100, 500]
 
 
 @dataclass(frozen=True)
@@ -74,15 +70,11 @@ def with_probabilities(frame: FrameFaces, probabilities: np.ndarray) -> FrameFac
 
 def face_records(frame: FrameFaces, labels: tuple[str, ...]) -> list[dict[str, Any]]:
     """The JSON ``faces`` list: box (rounded to 0.1 px), score, label, probabilities in label order."""
-    out = []
-    for box, score, probs in zip(frame.boxes, frame.scores, frame.probabilities, strict=True):
-        out.append({
-            "box": [round(float(v), 1) for v in box],
-            "score": round(float(score), 4),
-            "label": labels[int(np.argmax(probs))],
-            "probabilities": {label: float(p) for label, p in zip(labels, probs, strict=True)},
-        })  # fmt: skip
-    return out
+    return [
+        {"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
+         **to_prediction(probs, labels).to_json()}
+        for box, score, probs in zip(frame.boxes, frame.scores, frame.probabilities, strict=True)
+    ]  # fmt: skip
 
 
 def detector_config(settings: Any) -> DetectorConfig:
@@ -91,58 +83,6 @@ def detector_config(settings: Any) -> DetectorConfig:
         input_long_side=settings.detector_input_size, threshold=settings.detector_threshold,
         min_face_px=settings.min_face_px, max_faces=settings.max_faces, threads=settings.detector_threads,
     )  # fmt: skip
-
-
-@dataclass
-class FrameMetrics:
-    """Ingress-side metrics of the frame and stream routes (Ray metrics in Serve, no-ops elsewhere)."""
-
-    faces: Any
-    frames: Any
-    dropped: Any
-    open_streams: Any
-    open_count: int = 0
-
-
-class _Null:
-    def inc(self, *args: object, **kwargs: object) -> None:
-        """Do nothing."""
-
-    def observe(self, *args: object, **kwargs: object) -> None:
-        """Do nothing."""
-
-    def set(self, *args: object, **kwargs: object) -> None:
-        """Do nothing."""
-
-
-def null_frame_metrics() -> FrameMetrics:
-    return FrameMetrics(_Null(), _Null(), _Null(), _Null())
-
-
-def frame_metrics() -> FrameMetrics:
-    """Create the Ray metrics (inside a replica only)."""
-    from ray.serve.metrics import Counter, Gauge, Histogram
-
-    return FrameMetrics(
-        faces=Histogram("emotion_faces_per_frame", description="Faces found per analysed frame.",
-                        boundaries=FACES_BUCKETS, tag_keys=("route",)),
-        frames=Counter("emotion_frames", description="Frames received, by route and outcome (ok, dropped, "
-                       "or an error code).", tag_keys=("route", "outcome")),  # type: ignore[arg-type]
-        dropped=Histogram("emotion_stream_dropped_frames", description="Frames dropped per closed stream "
-                          "(drop-oldest policy).", boundaries=DROPPED_BUCKETS),
-        open_streams=Gauge("emotion_open_streams", description="WebSocket streams open in this ingress replica."),
-    )  # fmt: skip
-
-
-@runtime_checkable
-class FramePipeline(Protocol):
-    """What the frame routes need from the deployment graph besides ``Pipeline``."""
-
-    frame_metrics: FrameMetrics
-
-    async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
-        """Faces with probabilities, or an ErrorInfo for a bad frame."""
-        ...
 
 
 class InProcessFrames:
@@ -158,11 +98,9 @@ class InProcessFrames:
     def __init__(self, model_dir: Any, detector: DetectorConfig | None = None, max_pixels: int = 16_000_000,
                  threads: int = 1) -> None:  # fmt: skip
         from serve.core.detection import CenterFaceDetector
-        from serve.core.inference import OnnxClassifier
 
         self.classifier = OnnxClassifier(model_dir, intra_op_threads=threads)
         self.frames = FrameAnalyzer(self.classifier.contract, CenterFaceDetector(detector), max_pixels)
-        self.frame_metrics = null_frame_metrics()
 
     def _finish(self, faces: FrameFaces, crops: np.ndarray) -> FrameFaces:
         n = self.classifier.contract.num_classes

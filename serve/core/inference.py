@@ -26,6 +26,10 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
 
+    def to_json(self) -> dict[str, Any]:
+        """The ``label`` + ``probabilities`` fields of every answer that names a face's emotion."""
+        return {"label": self.label, "probabilities": self.probabilities}
+
 
 def normalise(batch: np.ndarray, contract: ModelContract) -> np.ndarray:
     """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 ``[N, C, H, W]``: ``(x * scale - mean) / std``."""
@@ -83,9 +87,8 @@ class OnnxClassifier:
             (``Run`` is thread-safe); concurrent callers share these workers, so at most this many runs are in
             flight. For this small model, 2 single-threaded runs measured faster than one run on 2 intra-op threads
             (8 faces: 10.8 ms vs 13.1 ms, 18.9 ms on one thread; README "Performance").
-        run_batch_size: most faces in one session run; a larger batch is cut into runs of about this size. This
-            model's cost per face is lowest at 4-8 faces (one thread, model 0.3.0: 2.49 ms per face at 8, 2.58 at
-            16, 2.64 at 32), so big batches run as several small runs.
+        run_batch_size: most faces in one session run; a larger batch is cut into runs of about this size (the
+            model deployment sets it from its ``user_config``: ``serve.core.batching.BatchConfig``).
         session_factory: ``(onnx_path, threads) -> session``; tests pass a fake.
 
         row_by_row: run each image alone; None = decide with ``is_batch_invariant()`` at load.

@@ -23,7 +23,7 @@ from models.contract import load_contract, load_metrics
 from serve.core.admission import FRAME_COST, Admission
 from serve.core.batching import CoalesceConfig
 from serve.core.coalesce import Coalescer
-from serve.core.frames import FrameFaces, frame_metrics
+from serve.core.frames import FrameFaces
 from serve.errors import ErrorInfo, Overloaded
 from serve.http.state import ServiceState
 from serve.http.webapp import create_app
@@ -31,13 +31,7 @@ from serve.runtime.metrics import ingress_metrics, keep_gauges_exported
 from serve.runtime.settings import Settings
 
 
-@serve.deployment(
-    name="Ingress",
-    max_ongoing_requests=256,
-    max_queued_requests=512,
-    ray_actor_options={"num_cpus": 0.5},
-    backpressure_config={"status_code": 503, "retry_after_s": 1},
-)
+@serve.deployment(name="Ingress")  # options: deploy/serve_config.yaml
 @serve.ingress()
 class Ingress:
     """HTTP front door.
@@ -62,7 +56,6 @@ class Ingress:
         self._metrics = ingress_metrics()
         self.reconfigure({})  # CoalesceConfig's defaults until Serve passes a user_config
         self._admission = Admission(settings.max_inflight_images, settings.max_queue_delay_s)
-        self.frame_metrics = frame_metrics()
         contract = load_contract(settings.model_dir, require_onnx=False)
         self._state = ServiceState(
             pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
@@ -72,7 +65,7 @@ class Ingress:
         keep_gauges_exported(
             [
                 (self._metrics.ongoing, lambda: float(self._state.ongoing)),
-                (self.frame_metrics.open_streams, lambda: float(self.frame_metrics.open_count)),
+                (self._metrics.open_streams, lambda: float(self._state.open_streams)),
             ]
         )
 
@@ -87,7 +80,7 @@ class Ingress:
         )
 
     async def ready(self) -> bool:
-        ready: bool = await asyncio.wait_for(self._model.ready.remote(), timeout=5.0)
+        ready: bool = await asyncio.wait_for(self._model.ready.remote(), self._settings.ready_timeout_s)
         return ready
 
     async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:

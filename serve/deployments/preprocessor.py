@@ -23,9 +23,7 @@ from serve.errors import ErrorInfo, ServiceError
 from serve.runtime.metrics import stage_histogram
 
 
-@serve.deployment(
-    name="Preprocessor", max_ongoing_requests=32, max_queued_requests=256, ray_actor_options={"num_cpus": 0.5}
-)
+@serve.deployment(name="Preprocessor")  # options: deploy/serve_config.yaml
 class Preprocessor:
     """Turns encoded images into model answers, one per image, failures as ErrorInfo.
 
@@ -34,6 +32,7 @@ class Preprocessor:
         model_dir: folder with config.json (the preprocessing contract).
         max_image_pixels: largest accepted width x height.
         detector: face detector settings for whole frames (``analyze``).
+        threads: threads that decode frames and detect faces (EMOTION_PREPROCESS_THREADS).
     """
 
     def __init__(
@@ -42,6 +41,7 @@ class Preprocessor:
         model_dir: str,
         max_image_pixels: int,
         detector: DetectorConfig | None = None,
+        threads: int = 2,
     ) -> None:
         self._model = model
         self._contract = load_contract(model_dir, require_onnx=False)
@@ -50,7 +50,7 @@ class Preprocessor:
         self._stage = stage_histogram()
         self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels)
         # Decode + detection release the GIL; a small pool keeps them off the event loop without oversubscribing.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="detect")
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="detect")
 
     async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
         """Every face of one frame with probabilities; all its faces go to the model as one batch."""

@@ -1,10 +1,14 @@
-"""Response schemas for the OpenAPI page. Handlers build plain dicts of the same shape (no per-request validation)."""
+"""The OpenAPI contract: response schemas and request bodies. Handlers build plain dicts of the same shape (no
+per-request validation)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from serve.core.imaging import MEDIA_TYPES
+from serve.http.bodies import MULTIPART
 
 
 class ModelRef(BaseModel):
@@ -52,3 +56,60 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class FaceResult(BaseModel):
+    box: list[float] = Field(description="[x, y, w, h] in pixels of the original (EXIF-upright) frame.")
+    score: float = Field(description="Detection confidence (CenterFace heatmap peak).")
+    label: str
+    probabilities: dict[str, float]
+    track_id: int | None = Field(None, description="Stream only: stable id of this face across frames.")
+
+
+class AnalyzeResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    width: int
+    height: int
+    faces: list[FaceResult] = Field(description="Every face found, best detection score first; [] for none.")
+
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # every route's error answers
+    400: {"model": ErrorResponse, "description": "empty_body, bad_request"},
+    401: {"model": ErrorResponse, "description": "unauthorized (no API key)"},
+    403: {"model": ErrorResponse, "description": "forbidden (wrong API key)"},
+    413: {"model": ErrorResponse, "description": "payload_too_large, image_too_large, too_many_images"},
+    415: {"model": ErrorResponse, "description": "unsupported_media_type"},
+    422: {"model": ErrorResponse, "description": "invalid_image, missing_field, validation_error"},
+    503: {"model": ErrorResponse, "description": "overloaded (with Retry-After), not_ready"},
+}
+SINGLE_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{kind: BINARY for kind in MEDIA_TYPES if kind != "image/jpg"},
+            MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
+            }
+        },
+    }
+}

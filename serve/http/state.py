@@ -10,16 +10,21 @@ from starlette.requests import HTTPConnection
 
 from models.contract import ModelContract
 from serve.core.admission import Admission
+from serve.core.frames import FrameFaces
 from serve.errors import ErrorInfo
 from serve.runtime.metrics import IngressMetrics
 from serve.runtime.settings import Settings
 
 
 class Pipeline(Protocol):
-    """What the routes need from the deployment graph (handles in Serve, in-process in tests)."""
+    """What the routes need from the deployment graph: the Ingress deployment in Serve, in-process fakes in tests."""
 
     async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
         """Probabilities (float32, contract label order) or an ErrorInfo per image, in input order."""
+        ...
+
+    async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:
+        """Every face of one frame with its probabilities, or an ErrorInfo for a bad frame."""
         ...
 
     async def ready(self) -> bool:
@@ -40,6 +45,7 @@ class ServiceState:
     # Serve's proxy already puts X-Request-ID (the client's, or its own) on every response it forwards.
     echo_request_id: bool = True
     ongoing: int = 0
+    open_streams: int = 0
     # The ingress's admission guard: the HTTP middleware sheds /v1/ requests before reading their bodies.
     admission: Admission | None = None
 

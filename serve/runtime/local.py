@@ -17,6 +17,7 @@ from typing import Any
 
 from serve.core.inference import OnnxClassifier
 from serve.runtime.fastmode import apply_fast_mode
+from serve.runtime.serve_config import ServeConfig
 from serve.runtime.settings import Settings
 
 
@@ -49,8 +50,14 @@ def _check_port_free(host: str, port: int, what: str) -> None:
             raise StartupError(f"{host}:{port} {reason}; choose another port with {what}=<port>") from None
 
 
-def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
-    """Start Ray + Serve and the app; return the base URL once /readyz answers 200."""
+def start(settings: Settings, config: ServeConfig, ray_options: RayOptions | None = None) -> str:
+    """Start Ray + Serve and run the Serve config's application; return the base URL once /readyz answers 200.
+
+    Args:
+        settings: resolved for this launch (``ServeConfig.settings``: flags > environment > file > defaults).
+        config: the Serve config file: HTTP options, logging, proxy location and every deployment's options.
+        ray_options: the embedded Ray instance's size.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Before ray.init, so every Ray process (controller, HAProxy, replicas) starts with it, and before this process
     # imports ray.serve: Serve reads its constants at import, and the handles that this process builds into the
@@ -87,10 +94,12 @@ def start(settings: Settings, ray_options: RayOptions | None = None) -> str:
     for key in added:
         os.environ.pop(key, None)
     serve.start(
-        http_options={"host": settings.host, "port": settings.port},
-        logging_config={"enable_access_log": settings.access_log},
+        http_options=config.http_options(settings),
+        logging_config=config.logging_config,
+        proxy_location=config.proxy_location,
     )
-    serve.run(compose(settings), name="emotion", route_prefix="/", blocking=False)
+    app = compose(settings, config.deployment_options)
+    serve.run(app, name=config.app["name"], route_prefix=config.app.get("route_prefix", "/"), blocking=False)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else host}:{settings.port}"
     wait_ready(url)

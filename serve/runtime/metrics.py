@@ -18,11 +18,14 @@ REQUEST_LATENCY = "emotion_request_latency_ms"
 STAGE_LATENCY = "emotion_stage_latency_ms"
 BATCH_SIZE = "emotion_batch_size"
 ONGOING = "emotion_ongoing_requests"
-REJECTED = "emotion_rejected_requests"
 PREDICTIONS = "emotion_predictions"
 IMAGES = "emotion_images"
 COALESCER = "emotion_coalescer"  # _calls, _requests, _images
 MODEL_LOAD = "emotion_model_load_seconds"
+FACES_PER_FRAME = "emotion_faces_per_frame"
+FRAMES = "emotion_frames"
+STREAM_DROPPED = "emotion_stream_dropped_frames"
+OPEN_STREAMS = "emotion_open_streams"
 
 # Exported names, as a scrape shows them (histograms also have _bucket/_count/_sum).
 EXPORTED_NAMES = (
@@ -35,10 +38,17 @@ EXPORTED_NAMES = (
     f"ray_{IMAGES}_total",
     *(f"ray_{COALESCER}_{count}_total" for count in ("calls", "requests", "images")),
     f"ray_{MODEL_LOAD}",
+    f"ray_{FACES_PER_FRAME}_bucket",
+    f"ray_{FRAMES}_total",
+    f"ray_{STREAM_DROPPED}_bucket",
+    f"ray_{OPEN_STREAMS}",
 )
 
 LATENCY_MS_BUCKETS: list[float] = [1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500, 5000, 10000, 30000]
 BATCH_BUCKETS: list[float] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128]
+# Ray histogram boundaries must be > 0: the first bucket (<= 0.5) counts frames with no face / no drop.
+FACES_BUCKETS: list[float] = [0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
+DROPPED_BUCKETS: list[float] = [0.5, 1, 2, 5, 10, 20, 50, 100, 500]
 
 
 @dataclass
@@ -49,6 +59,10 @@ class IngressMetrics:
     ongoing: Any
     images: Any
     coalesced: dict[str, Any]  # "calls" / "requests" / "images" counters of the ingress coalescer
+    faces: Any  # faces per analysed frame, by route (/v1/analyze, /v1/stream)
+    frames: Any  # frames by route and outcome
+    stream_dropped: Any  # frames dropped per closed stream
+    open_streams: Any
 
 
 @dataclass
@@ -85,6 +99,13 @@ def ingress_metrics() -> IngressMetrics:
             for count, what in (("calls", "preprocessor calls"), ("requests", "HTTP requests carried by them"),
                                 ("images", "images carried by them"))
         },
+        faces=Histogram(FACES_PER_FRAME, description="Faces found per analysed frame.", boundaries=FACES_BUCKETS,
+                        tag_keys=("route",)),
+        frames=Counter(FRAMES, description="Frames received, by route and outcome (ok, dropped, or an error code).",
+                       tag_keys=("route", "outcome")),  # type: ignore[arg-type]
+        stream_dropped=Histogram(STREAM_DROPPED, description="Frames dropped per closed stream (drop-oldest policy).",
+                                 boundaries=DROPPED_BUCKETS),
+        open_streams=Gauge(OPEN_STREAMS, description="WebSocket streams open in this ingress replica."),
     )  # fmt: skip
 
 
@@ -117,7 +138,8 @@ class _NullMetric:
 def null_ingress_metrics() -> IngressMetrics:
     null = _NullMetric()
     return IngressMetrics(requests=null, latency=null, stage=null, ongoing=null, images=null,
-                          coalesced={"calls": null, "requests": null, "images": null})
+                          coalesced={"calls": null, "requests": null, "images": null},
+                          faces=null, frames=null, stream_dropped=null, open_streams=null)  # fmt: skip
 
 
 def keep_gauges_exported(gauges: list[tuple[Any, Callable[[], float]]], period_s: float = 2.0) -> threading.Thread:

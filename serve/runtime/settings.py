@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from models.contract import DEFAULT_MODEL_DIR
 
 ENV_PREFIX = "EMOTION_"
+# The one Serve config: `emotion serve`, `serve run`, `serve deploy` and the KubeRay manifest all run it.
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
 
 
 class SettingsError(ValueError):
@@ -52,7 +54,13 @@ class Settings(BaseSettings):
     )
     metrics_export_port: int = Field(8080, ge=1, le=65535, description="Ray's Prometheus export port.")
     object_store_mb: int = Field(256, ge=64, description="Embedded Ray object store size (emotion serve).")
-    access_log: bool = Field(False, description="Ray Serve access logs (cost ~13% throughput).")
+    serve_config: Path = Field(
+        DEFAULT_SERVE_CONFIG, description="Serve config file that emotion serve runs (scaling, user_config, HTTP)."
+    )
+    preprocess_threads: int = Field(
+        2, ge=1, le=64, description="Per preprocessor replica: threads that decode frames and detect faces."
+    )
+    ready_timeout_s: float = Field(5.0, gt=0, description="How long /readyz waits for the model replica's answer.")
     # Frames and streams (/v1/analyze, /v1/stream): see reports/detection/README.md for how these were chosen.
     detector_threshold: float = Field(0.45, gt=0, lt=1, description="CenterFace score threshold.")
     detector_input_size: int = Field(640, ge=0, le=4096, description="Frame long side for detection (0 = native).")

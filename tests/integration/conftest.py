@@ -55,20 +55,21 @@ class Service:
 
 
 def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], None]]:
-    """Start the app on a small private local Ray (2 CPUs, 200 MB object store, short temp dir, free ports)."""
+    """Start the app as ``emotion serve`` does (the Serve config file, settings overriding it) on a small private
+    local Ray (2 CPUs, 200 MB object store, short temp dir, free ports). ``overrides`` act as flags."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     from serve.runtime import local
-    from serve.runtime.settings import load_settings
+    from serve.runtime.serve_config import resolve_launch
 
     options: dict[str, object] = {
         "port": free_port(), "metrics_export_port": free_port(), "auth": "on", "api_keys": API_KEY,
         "max_body_bytes": 2_000_000, "max_image_pixels": 4_000_000, "max_images_per_request": 8, **overrides,
     }  # fmt: skip
-    settings = load_settings(**options)
+    settings, config = resolve_launch(options)
     temp_dir = f"/tmp/rt{secrets.token_hex(3)}"
     try:
-        url = local.start(settings, local.RayOptions(num_cpus=2, object_store_mb=200, temp_dir=temp_dir))
+        url = local.start(settings, config, local.RayOptions(num_cpus=2, object_store_mb=200, temp_dir=temp_dir))
     except BaseException:
         local.stop()
         raise

@@ -9,61 +9,17 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serve.core.imaging import MEDIA_TYPES
+from serve.core.inference import to_prediction
 from serve.errors import ErrorInfo, from_info
-from serve.http.bodies import MULTIPART, many_images, read_body, single_image
-from serve.http.schemas import BatchResponse, ClassifyResponse, ErrorResponse
+from serve.http.bodies import many_images, read_body, single_image
+from serve.http.schemas import BATCH_BODY, ERROR_RESPONSES, SINGLE_IMAGE_BODY, BatchResponse, ClassifyResponse
 from serve.http.state import ServiceState, get_state, request_id
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "empty_body, bad_request"},
-    401: {"model": ErrorResponse, "description": "unauthorized (no API key)"},
-    403: {"model": ErrorResponse, "description": "forbidden (wrong API key)"},
-    413: {"model": ErrorResponse, "description": "payload_too_large, image_too_large, too_many_images"},
-    415: {"model": ErrorResponse, "description": "unsupported_media_type"},
-    422: {"model": ErrorResponse, "description": "invalid_image, missing_field, validation_error"},
-    503: {"model": ErrorResponse, "description": "overloaded (with Retry-After), not_ready"},
-}
-_SINGLE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            **{kind: _BINARY for kind in MEDIA_TYPES if kind != "image/jpg"},
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-        },
-    }
-}
-_BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
-}
-
 
 def _result(state: ServiceState, probs: np.ndarray) -> dict[str, Any]:
-    labels = state.contract.labels
-    return {
-        "label": labels[int(np.argmax(probs))],
-        "probabilities": {label: float(p) for label, p in zip(labels, probs, strict=True)},
-    }
+    return to_prediction(probs, state.contract.labels).to_json()
 
 
 def _count(state: ServiceState, results: list[np.ndarray | ErrorInfo]) -> None:
@@ -76,8 +32,8 @@ def _count(state: ServiceState, results: list[np.ndarray | ErrorInfo]) -> None:
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
-    responses=_ERRORS,
-    openapi_extra=_SINGLE_BODY,
+    responses=ERROR_RESPONSES,
+    openapi_extra=SINGLE_IMAGE_BODY,
     summary="Classify one face image (raw image body or multipart field `file`)",
 )
 async def classify(request: Request) -> JSONResponse:
@@ -94,8 +50,8 @@ async def classify(request: Request) -> JSONResponse:
 @router.post(
     "/classify/batch",
     response_model=BatchResponse,
-    responses=_ERRORS,
-    openapi_extra=_BATCH_BODY,
+    responses=ERROR_RESPONSES,
+    openapi_extra=BATCH_BODY,
     summary="Classify many face images (repeated multipart field `files`); results in input order",
 )
 async def classify_batch(request: Request) -> JSONResponse:

@@ -19,7 +19,6 @@ from serve.core.streaming import Reply, StreamSession
 from serve.core.tracking import FaceTracker, track_faces
 from serve.errors import BadRequest, ErrorInfo, PayloadTooLarge, ServiceError, from_info
 from serve.http.auth import check_api_key, presented_key
-from serve.http.routes.frames import frame_pipeline
 from serve.http.state import get_state
 
 router = APIRouter(tags=["frames"])
@@ -33,12 +32,11 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
     try:
         if state.settings.auth_enabled:
             check_api_key(presented_key(websocket.headers), state.key_digests)
-        pipeline = frame_pipeline(state)
     except ServiceError as exc:
         await websocket.close(code=1008, reason=exc.message[:120])
         return
     await websocket.accept()
-    labels, limit, metrics = state.contract.labels, state.settings.max_body_bytes, pipeline.frame_metrics
+    labels, limit, metrics = state.contract.labels, state.settings.max_body_bytes, state.metrics
     tracker = FaceTracker() if track else None
 
     async def analyze(data: bytes) -> Reply:
@@ -46,7 +44,7 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
             raise BadRequest("send each frame as a non-empty binary message holding a JPEG, PNG or WebP image")
         if len(data) > limit:
             raise PayloadTooLarge(f"the frame is {len(data)} bytes; the limit is {limit}")
-        result = await pipeline.analyze(data)
+        result = await state.pipeline.analyze(data)
         if isinstance(result, ErrorInfo):
             raise from_info(result)
         return {"width": result.width, "height": result.height, "faces": face_records(result, labels)}
@@ -65,8 +63,8 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
     )  # fmt: skip
     closed = asyncio.Event()
     sender = asyncio.create_task(session.send_replies(closed))
-    metrics.open_count += 1
-    metrics.open_streams.set(metrics.open_count)
+    state.open_streams += 1
+    metrics.open_streams.set(state.open_streams)
     graceful = False
     try:
         while not sender.done():
@@ -89,6 +87,6 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
         await session.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
-        metrics.open_count -= 1
-        metrics.open_streams.set(metrics.open_count)
-        metrics.dropped.observe(session.dropped)
+        state.open_streams -= 1
+        metrics.open_streams.set(state.open_streams)
+        metrics.stream_dropped.observe(session.dropped)

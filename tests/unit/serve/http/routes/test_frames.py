@@ -115,10 +115,3 @@ def test_demo_page_is_served(client: TestClient) -> None:
     page = client.get("/demo")
     assert page.status_code == 200 and "/v1/stream" in client.get("/demo/demo.js").text
     assert "demo.js" in page.text
-
-
-def test_metric_buckets_are_valid_for_ray() -> None:
-    from serve.core.frames import DROPPED_BUCKETS, FACES_BUCKETS
-
-    for buckets in (FACES_BUCKETS, DROPPED_BUCKETS):
-        assert all(b > 0 for b in buckets) and buckets == sorted(buckets)
