@@ -15,8 +15,8 @@ from serve.core.frames import detector_config
 from serve.deployments.ingress import Ingress
 from serve.deployments.model import EmotionModel
 from serve.deployments.preprocessor import Preprocessor
-from serve.runtime.serve_config import check_setting_names
-from serve.runtime.settings import Settings, load_settings
+from serve.runtime.serve_config import settings_over
+from serve.runtime.settings import Settings
 
 DeploymentOptions = Mapping[str, Mapping[str, Any]]
 
@@ -26,15 +26,14 @@ def build_app(args: dict[str, Any]) -> Application:
 
     Args:
         args: the config file's ``args:``: ``EMOTION_*`` settings by name in lower case (``model_dir``,
-            ``ort_threads``...); null or absent ones fall back to the environment, then to the defaults.
+            ``ort_threads``...). As for ``emotion serve``, an ``EMOTION_*`` variable set in the environment wins over
+            the file's value; null or absent args fall back to the settings' defaults.
 
     Raises:
         serve.runtime.settings.SettingsError: an unknown arg or a bad value.
         models.contract.ContractError: the model folder is missing or its config.json is malformed.
     """
-    given = {k: v for k, v in (args or {}).items() if v is not None}
-    check_setting_names(given, where="serve.app:build_app args")
-    return compose(load_settings(**given))
+    return compose(settings_over(args or {}, where="serve.app:build_app args"))
 
 
 def compose(settings: Settings, options: DeploymentOptions | None = None) -> Application:

@@ -86,7 +86,7 @@ class OnnxClassifier:
         parallel_runs: split a batch into up to this many chunks and run them at the same time on the one session
             (``Run`` is thread-safe); concurrent callers share these workers, so at most this many runs are in
             flight. For this small model, 2 single-threaded runs measured faster than one run on 2 intra-op threads
-            (8 faces: 10.8 ms vs 13.1 ms, 18.9 ms on one thread; README "Performance").
+            (8 faces: 10.8 ms vs 13.1 ms, 18.9 ms on one thread; docs/decisions.md).
         run_batch_size: most faces in one session run; a larger batch is cut into runs of about this size (the
             model deployment sets it from its ``user_config``: ``serve.core.batching.BatchConfig``).
         session_factory: ``(onnx_path, threads) -> session``; tests pass a fake.

@@ -1,6 +1,6 @@
 """One WebSocket video stream: frames in, one reply per frame out, in order, with a bounded number in flight.
 
-Policy when the client sends faster than the service analyses (documented in the README of the API):
+Policy when the client sends faster than the service analyses (documented in docs/api.md):
 
 * at most ``concurrency`` frames of a connection are being analysed at once;
 * at most ``max_pending`` further frames wait; when one more arrives, the OLDEST waiting frame is dropped and

@@ -83,10 +83,12 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
         ctype = headers.get(b"content-type")
         part.content_type = ctype.decode("latin-1") if ctype else None
 
+    ended = []  # the closing boundary was seen: without it the last part may be cut off mid-image
+
     callbacks = {
         "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_header_field": on_header_field,
         "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
+        "on_headers_finished": on_headers_finished, "on_end": lambda: ended.append(True),
     }  # fmt: skip
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
@@ -96,6 +98,8 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
         raise
     except Exception as exc:
         raise BadRequest(f"malformed multipart body ({type(exc).__name__})") from None
+    if not ended:
+        raise BadRequest("truncated multipart body: the closing boundary is missing")
     return parts
 
 
@@ -123,6 +127,11 @@ def single_image(body: bytes, content_type: str | None) -> bytes:
             raise EmptyBody("the request body is empty")
         return _parts_named(body, content_type or "", "file", max_images=1)[0]
     raise UnsupportedMediaType(f"Content-Type {kind or '(none)'!r} is not accepted; send {_accepted()}")
+
+
+async def read_single_image(request: Request, limit: int) -> bytes:
+    """The one image of a /v1/classify or /v1/analyze request, its body bounded by ``limit`` bytes."""
+    return single_image(await read_body(request, limit), request.headers.get("content-type"))
 
 
 def many_images(body: bytes, content_type: str | None, max_images: int) -> list[bytes]:

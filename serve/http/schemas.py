@@ -74,7 +74,6 @@ class AnalyzeResponse(BaseModel):
     faces: list[FaceResult] = Field(description="Every face found, best detection score first; [] for none.")
 
 
-BINARY = {"schema": {"type": "string", "format": "binary"}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # every route's error answers
     400: {"model": ErrorResponse, "description": "empty_body, bad_request"},
     401: {"model": ErrorResponse, "description": "unauthorized (no API key)"},
@@ -84,32 +83,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # every route's error answ
     422: {"model": ErrorResponse, "description": "invalid_image, missing_field, validation_error"},
     503: {"model": ErrorResponse, "description": "overloaded (with Retry-After), not_ready"},
 }
+def _multipart(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": {"type": "object", "required": [field], "properties": {field: schema}}}
+
+
+_FILE = {"type": "string", "format": "binary"}
+_RAW_IMAGES = {kind: {"schema": _FILE} for kind in MEDIA_TYPES if kind != "image/jpg"}
 SINGLE_IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            **{kind: BINARY for kind in MEDIA_TYPES if kind != "image/jpg"},
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-        },
-    }
+    "requestBody": {"required": True, "content": {**_RAW_IMAGES, MULTIPART: _multipart("file", _FILE)}}
 }
 BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            MULTIPART: {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
+    "requestBody": {"required": True, "content": {MULTIPART: _multipart("files", {"type": "array", "items": _FILE})}}
 }

@@ -46,7 +46,7 @@ def create_app(state: ServiceState) -> FastAPI:
         title="Emotion detection service",
         version="1",
         description="Classifies the emotion of face images. Errors are JSON `{error: {code, message}, request_id}`; "
-        "see the README for every code.",
+        "see docs/api.md for every code.",
     )
     app.state.service = state
     for router in ROUTERS:

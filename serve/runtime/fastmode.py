@@ -2,8 +2,8 @@
 
 Fast mode = ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (direct ingress: the ingress replica serves HTTP itself; gRPC between
 deployments; GC frozen after start-up) + ``RAY_SERVE_ENABLE_HA_PROXY=1`` (HAProxy, not the Python proxy, owns the
-public port) + ``RAY_worker_niceness=0`` (replicas at normal CPU priority, not Ray's nice 15). See README
-"Performance" for the measurements. These variables are read when Ray's processes start, so
+public port) + ``RAY_worker_niceness=0`` (replicas at normal CPU priority, not Ray's nice 15). See
+docs/decisions.md for the measurements. These variables are read when Ray's processes start, so
 they must be in the environment before ``ray.init`` / ``ray start`` / ``serve run``, never only in a runtime_env.
 
 HAProxy binds its stats page and Prometheus exporter on all interfaces (``bind *:8404``, ``bind :9101``) with no

@@ -71,9 +71,7 @@ class ServeConfig:
         """
         http = self.document.get("http_options") or {}
         from_file = {**{k: http[k] for k in HTTP_SETTINGS if http.get(k) is not None}, **self.args}
-        check_setting_names(from_file, where=f"{self.path}: applications[0].args")
-        chosen = {k: v for k, v in from_file.items() if k not in environment.model_fields_set}
-        return load_settings(**chosen, **(flags or {}))
+        return settings_over(from_file, f"{self.path}: applications[0].args", environment, flags)
 
 
 def load_serve_config(path: Path | str) -> ServeConfig:
@@ -107,6 +105,18 @@ def resolve_launch(flags: Mapping[str, object] | None = None) -> tuple[Settings,
     environment = load_settings(**(flags or {}))
     config = load_serve_config(environment.serve_config)
     return config.settings(environment, flags), config
+
+
+def settings_over(
+    from_file: Mapping[str, object], where: str, environment: Settings | None = None,
+    flags: Mapping[str, object] | None = None,
+) -> Settings:
+    """Settings with one precedence for every launch path: flags > ``EMOTION_*`` variables > ``from_file`` >
+    defaults. ``environment`` is the settings read from the environment alone (read here when not given)."""
+    check_setting_names(from_file, where=where)
+    environment = environment if environment is not None else load_settings()
+    chosen = {k: v for k, v in from_file.items() if v is not None and k not in environment.model_fields_set}
+    return load_settings(**chosen, **(flags or {}))
 
 
 def check_setting_names(values: Mapping[str, object], where: str) -> None:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from serve.core.inference import to_prediction
 from serve.errors import ErrorInfo, from_info
-from serve.http.bodies import many_images, read_body, single_image
+from serve.http.bodies import many_images, read_body, read_single_image
 from serve.http.schemas import BATCH_BODY, ERROR_RESPONSES, SINGLE_IMAGE_BODY, BatchResponse, ClassifyResponse
 from serve.http.state import ServiceState, get_state, request_id
 
@@ -38,8 +38,7 @@ def _count(state: ServiceState, results: list[np.ndarray | ErrorInfo]) -> None:
 )
 async def classify(request: Request) -> JSONResponse:
     state = get_state(request)
-    body = await read_body(request, state.settings.max_body_bytes)
-    image = single_image(body, request.headers.get("content-type"))
+    image = await read_single_image(request, state.settings.max_body_bytes)
     (result,) = await state.pipeline.classify([image])
     _count(state, [result])
     if isinstance(result, ErrorInfo):

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from serve.core.frames import face_records
 from serve.errors import ErrorInfo, from_info
-from serve.http.bodies import read_body, single_image
+from serve.http.bodies import read_single_image
 from serve.http.schemas import ERROR_RESPONSES, SINGLE_IMAGE_BODY, AnalyzeResponse
 from serve.http.state import get_state, request_id
 
@@ -26,8 +26,7 @@ ROUTE = "/v1/analyze"
 )
 async def analyze(request: Request) -> JSONResponse:
     state = get_state(request)
-    body = await read_body(request, state.settings.max_body_bytes)
-    image = single_image(body, request.headers.get("content-type"))
+    image = await read_single_image(request, state.settings.max_body_bytes)
     result = await state.pipeline.analyze(image)
     if isinstance(result, ErrorInfo):
         state.metrics.frames.inc(tags={"route": ROUTE, "outcome": result.code})

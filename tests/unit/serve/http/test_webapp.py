@@ -133,18 +133,6 @@ def test_routing_errors_are_json(client: TestClient) -> None:
     assert_error(client.get("/v1/classify"), 405, "method_not_allowed")
 
 
-def test_health_ready_model_openapi(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
-    info = client.get("/v1/model").json()
-    assert info["labels"] == list(CLF.labels) and info["metrics"] == {"a": 1}
-    assert info["input"]["tensor"]["height"] == CLF.contract.input.height
-    spec = client.get("/openapi.json").json()
-    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
-    assert {"image/jpeg", "image/png", "image/webp", "multipart/form-data"} <= set(body)
-    assert "files" in str(spec["paths"]["/v1/classify/batch"]["post"]["requestBody"])
-
-
 def test_auth() -> None:
     with make_client(auth="on", api_keys="k1,k2") as c:
         assert_error(c.post("/v1/classify", content=b"x"), 401, "unauthorized")
@@ -164,13 +152,3 @@ def test_load_shedding_returns_503_with_retry_after() -> None:
     assert resp.headers["retry-after"] == "3"
     state.ongoing = 0
     assert client.get("/v1/model").status_code == 200
-
-
-def test_not_ready_is_503() -> None:
-    client = make_client()
-
-    async def not_ready() -> bool:
-        raise RuntimeError("model replica unreachable")
-
-    client.app.state.service.pipeline.ready = not_ready  # type: ignore[attr-defined]
-    assert_error(client.get("/readyz"), 503, "not_ready")

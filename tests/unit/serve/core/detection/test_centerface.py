@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from models.data import default_data_dir
-from serve.core.detection import CenterFaceDetector, DetectorConfig, Face, select_faces
-from serve.core.detection.boxes import greedy_match, iou_matrix, nms
+from serve.core.detection import CenterFaceDetector, DetectorConfig
 from serve.core.detection.centerface import decode, input_size
 
 
@@ -74,27 +73,6 @@ def test_rejects_non_rgb_input() -> None:
     det = CenterFaceDetector(session=FakeSession())
     with pytest.raises(ValueError, match="RGB uint8"):
         det.detect(np.zeros((10, 10), np.uint8))
-
-
-def test_config_fails_fast_naming_the_value() -> None:
-    with pytest.raises(ValueError, match=r"threshold=1\.5"):
-        DetectorConfig(threshold=1.5)
-    with pytest.raises(ValueError, match="max_faces=0"):
-        DetectorConfig(max_faces=0)
-
-
-def test_select_faces_applies_min_size_and_max_count() -> None:
-    faces = [Face((0, 0, 5, 50), 0.99), Face((0, 0, 20, 20), 0.5), Face((0, 0, 30, 30), 0.9), Face((0, 0, 9, 9), 0.8)]
-    kept = select_faces(faces, min_face_px=8, max_faces=2)
-    assert [f.score for f in kept] == [0.9, 0.8]
-
-
-def test_nms_and_matching() -> None:
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 10, 10]], float)
-    assert nms(boxes, np.array([0.5, 0.9, 0.7]), 0.3).tolist() == [1, 2]
-    iou = iou_matrix(boxes, np.array([[50, 50, 10, 10], [0, 0, 10, 10]], float))
-    assert iou[0, 1] == pytest.approx(1.0)
-    assert sorted(greedy_match(iou, 0.5)) == [(0, 1), (2, 0)]
 
 
 def _boxes_parquet() -> Path:

@@ -1,0 +1,132 @@
+"""The Ingress deployment's class with fake handles (no cluster): readiness deadline, overload mapping, admission."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError
+
+from serve.deployments import ingress as ingress_module
+from serve.errors import Overloaded
+from serve.runtime.metrics import null_ingress_metrics
+from serve.runtime.settings import load_settings
+
+# @serve.ingress wraps the class (its async __init__ needs a replica); the user's class is the wrapper's base.
+Ingress: Any = ingress_module.Ingress.func_or_class.__bases__[0]
+NUM_CLASSES = 3
+
+
+class Method:
+    """``handle.method``: ``.remote(...)`` returns an awaitable, like a DeploymentResponse."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.calls = fn, 0
+
+    def remote(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.fn(*args)
+
+
+class Handle:
+    def __init__(self, **methods: Callable[..., Any]) -> None:
+        for name, fn in methods.items():
+            setattr(self, name, Method(fn))
+
+
+async def never(*args: Any) -> Any:
+    await asyncio.Event().wait()
+
+
+async def echo_rows(images: list[bytes]) -> list[np.ndarray]:
+    return [np.full(NUM_CLASSES, len(data), np.float32) for data in images]
+
+
+@pytest.fixture(autouse=True)
+def no_ray_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingress_module, "ingress_metrics", null_ingress_metrics)
+    monkeypatch.setattr(ingress_module, "keep_gauges_exported", lambda gauges: None)
+
+
+def make(pre: Handle | None = None, model: Handle | None = None, **overrides: Any) -> Any:
+    settings = load_settings(**{"ready_timeout_s": 0.05, "request_timeout_s": 0.05, **overrides})
+    return Ingress(pre or Handle(classify=echo_rows), model or Handle(ready=never), settings, ())
+
+
+def test_ready_answers_within_the_readiness_deadline() -> None:
+    async def yes() -> bool:
+        return True
+
+    assert asyncio.run(make(model=Handle(ready=yes)).ready()) is True
+    with pytest.raises(TimeoutError):  # the model replica never answers: given up after ready_timeout_s
+        asyncio.run(make(model=Handle(ready=never)).ready())
+
+
+def test_the_app_reports_not_ready_when_the_model_does_not_answer() -> None:
+    ingress = make(model=Handle(ready=never))
+    with TestClient(ingress.__serve_build_asgi_app__(), raise_server_exceptions=False) as client:
+        resp = client.get("/readyz")
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_ready"
+
+
+def test_classify_returns_the_preprocessors_rows_in_order() -> None:
+    results = asyncio.run(make().classify([b"a", b"bbb", b"cc"]))
+    assert [float(r[0]) for r in results] == [1.0, 3.0, 2.0]
+
+
+async def backpressure(*args: Any) -> Any:
+    raise BackPressureError(num_queued_requests=9, max_queued_requests=8)
+
+
+async def lost_replica(*args: Any) -> Any:
+    raise RayError("actor died")
+
+
+@pytest.mark.parametrize("failure", [backpressure, lost_replica, never], ids=["backpressure", "ray_error", "timeout"])
+def test_downstream_failures_become_overloaded_and_release_admission(failure: Callable[..., Any]) -> None:
+    ingress = make(Handle(classify=failure, analyze=failure))
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.classify([b"a", b"b"]))
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.analyze(b"frame"))
+    assert ingress._admission.inflight == 0
+
+
+def test_images_in_flight_beyond_the_limit_are_shed() -> None:
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(images: list[bytes]) -> list[np.ndarray]:
+        entered.set()
+        await gate.wait()
+        return await echo_rows(images)
+
+    async def scenario() -> None:
+        ingress = make(Handle(classify=slow), max_inflight_images=2, max_queue_delay_s=0, request_timeout_s=30)
+        first = asyncio.create_task(ingress.classify([b"a", b"b"]))
+        await entered.wait()
+        with pytest.raises(Overloaded, match="2 images in progress"):
+            await ingress.classify([b"c"])
+        gate.set()
+        assert len(await first) == 2
+        assert len(await ingress.classify([b"c"])) == 1  # room again
+
+    asyncio.run(scenario())
+
+
+def test_reconfigure_validates_the_coalescing_config() -> None:
+    ingress = make()
+    before = ingress._coalescer
+    with pytest.raises(ValidationError):
+        ingress.reconfigure({"max_images": 0})
+    with pytest.raises(ValidationError):
+        ingress.reconfigure({"max_image": 8})
+    assert ingress._coalescer is before
+    ingress.reconfigure({"max_images": 8, "max_calls_in_flight": 1})
+    assert ingress._coalescer is not before
+    assert len(asyncio.run(ingress.classify([b"x"] * 3))) == 3
