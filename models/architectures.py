@@ -33,35 +33,17 @@ class VitPreset:
     conv_stem: tuple[tuple[int, int], ...] = ()
 
 
-@dataclass(frozen=True)
-class LevitPreset:
-    """Size of a LeViT student: a ViT with a 4-layer convolutional patch stem (stride 16) and 3 attention stages."""
-
-    hidden_sizes: tuple[int, int, int]
-    num_attention_heads: tuple[int, int, int]
-    depths: tuple[int, int, int]
-    key_dim: tuple[int, int, int] = (16, 16, 16)
-
-
-LEVIT_PRESETS: dict[str, LevitPreset] = {
-    "levit-xs": LevitPreset(hidden_sizes=(128, 192, 256), num_attention_heads=(4, 6, 8), depths=(2, 3, 4)),
-    "levit-s": LevitPreset(hidden_sizes=(128, 256, 384), num_attention_heads=(4, 6, 8), depths=(2, 3, 4)),
-    "levit-128s": LevitPreset(hidden_sizes=(128, 256, 384), num_attention_heads=(4, 6, 8), depths=(2, 3, 4)),
-}
-
+_STEM_12X12 = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
 
 VIT_PRESETS: dict[str, VitPreset] = {
-    # 48x48 input: patch 4 -> 144 tokens, patch 6 -> 64 tokens (+ class and distillation tokens).
-    "tiny-p4": VitPreset(patch_size=4, hidden_size=192, num_hidden_layers=6, num_attention_heads=3),
-    "tiny-p6": VitPreset(patch_size=6, hidden_size=192, num_hidden_layers=6, num_attention_heads=3),
-    "small-p6": VitPreset(patch_size=6, hidden_size=256, num_hidden_layers=8, num_attention_heads=4),
-    "narrow-p4": VitPreset(patch_size=4, hidden_size=128, num_hidden_layers=6, num_attention_heads=4),
+    # The bundled model's members are hybrid-small and hybrid-tiny; the micro presets are for the tests.
+    # A plain DeiT (patch embedding only), 48x48 input: patch 4 -> 144 tokens (+ class and distillation tokens).
     "micro-p4": VitPreset(patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2),  # tests
     # Conv stem to 12x12 (stride 4), then a 2x2 patch projection: 6x6 tokens. patch_size = the total stride.
     "hybrid-tiny": VitPreset(patch_size=8, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
-                             conv_stem=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))),
+                             conv_stem=_STEM_12X12),
     "hybrid-small": VitPreset(patch_size=8, hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
-                              conv_stem=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))),
+                              conv_stem=_STEM_12X12),
     "hybrid-micro": VitPreset(patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,  # tests
                               conv_stem=((8, 2), (16, 2))),
 }
@@ -89,10 +71,8 @@ def build_student(
         return load_student(
             pretrained_dir, num_labels=len(labels), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
         )
-    if preset in LEVIT_PRESETS:
-        return _build_levit(LEVIT_PRESETS[preset], id2label, image_size, num_channels)
     if preset not in VIT_PRESETS:
-        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS) + sorted(LEVIT_PRESETS)}")
+        raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
     p = VIT_PRESETS[preset]
     if image_size % p.patch_size:
         raise ValueError(f"image_size={image_size} is not a multiple of patch_size={p.patch_size} ({preset})")
@@ -185,27 +165,6 @@ def load_student(checkpoint_dir: Path | str, **overrides: Any) -> Any:
     if architecture is None:
         raise ValueError(f"{checkpoint_dir}: unknown architectures {config.architectures}")
     return architecture.from_pretrained(checkpoint_dir, local_files_only=True, **overrides)
-
-
-def _build_levit(p: LevitPreset, id2label: dict[int, str], image_size: int, num_channels: int) -> Any:
-    from transformers import LevitConfig, LevitForImageClassificationWithTeacher
-
-    if image_size % 16:
-        raise ValueError(f"image_size={image_size} must be a multiple of 16 for LeViT's stride-16 stem")
-    config = LevitConfig(  # type: ignore[call-arg]
-        image_size=image_size,
-        num_channels=num_channels,
-        patch_size=16,
-        hidden_sizes=list(p.hidden_sizes),
-        num_attention_heads=list(p.num_attention_heads),
-        depths=list(p.depths),
-        key_dim=list(p.key_dim),
-        # LeViT's config types drop_path_rate as int; stochastic depth is left off (0) for this family.
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={name: i for i, name in id2label.items()},
-    )
-    return LevitForImageClassificationWithTeacher(config)
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

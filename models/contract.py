@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image
 
 # The contract's ``preprocessing.resize`` names -> Pillow filters: one table for training, evaluation and serving.
@@ -178,6 +179,26 @@ def load_metrics(model_dir: Path | str) -> dict[str, Any] | None:
         return None
     loaded: dict[str, Any] = json.loads(path.read_text())
     return loaded
+
+
+def normalise(batch: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 C-contiguous ``[N, C, H, W]``: ``(x * scale - mean) / std``.
+
+    The one implementation of the contract's preprocessing, for serving, evaluation, export and quantization.
+    Raises TypeError for a batch that is not uint8 and ValueError for one of the wrong size or channel count.
+    """
+    if batch.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 batch, got {batch.dtype}")
+    spec, pre = contract.input, contract.preprocessing
+    hwc = batch.shape[1:] if batch.ndim == 4 else (*batch.shape[1:], 1)
+    if batch.ndim not in (3, 4) or hwc != (spec.height, spec.width, spec.channels):
+        needs = f"{spec.height}x{spec.width}x{spec.channels}"
+        raise ValueError(f"batch has shape {batch.shape}; the contract needs {needs}")
+    x = batch.astype(np.float32)
+    x = x[:, None, :, :] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((x * np.float32(pre.scale) - mean) / std, dtype=np.float32)
 
 
 def check_onnx_matches(contract: ModelContract, session: Any) -> None:

@@ -12,78 +12,26 @@ By default the graph averages the logits of each face and its mirror image (``--
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.architectures import LogitsOnly, StudentEnsemble, load_student
-from models.contract import CHECKPOINT_CONTRACT_FILE, CONFIG_FILE, ContractError, ModelContract, load_contract
+from models.architectures import LogitsOnly
+from models.cli_args import parse_arguments
+from models.contract import CONFIG_FILE, ContractError, ModelContract, normalise
+from models.data import DatasetError
+from models.predictors import load_checkpoint, load_for_contract, make_session
 
 logger = logging.getLogger(__name__)
 
 OPSET = 18
-
-
-def load_checkpoint(checkpoint: Path | str) -> tuple[Any, ModelContract]:
-    """(the model in eval mode, its contract) from a folder written by ``save_pretrained`` + the contract, or from
-    a comma list of such folders: their ensemble (mean logits), which must share one input/output contract."""
-    dirs = [part.strip() for part in str(checkpoint).split(",") if part.strip()]
-    loaded = [_load_one(d) for d in dirs]
-    if not loaded:
-        raise ContractError("no checkpoint folder given")
-    if len(loaded) == 1:
-        return loaded[0]
-    first = loaded[0][1]
-    for d, (_, contract) in zip(dirs[1:], loaded[1:], strict=True):
-        if (contract.labels, contract.input, contract.preprocessing) != (first.labels, first.input,
-                                                                         first.preprocessing):
-            raise ContractError(f"checkpoint {d!r}: its labels/input/preprocessing differ from {dirs[0]!r}'s")
-    members = "; ".join(contract.architecture for _, contract in loaded)
-    contract = replace(first, architecture=f"ensemble of {len(loaded)} students, mean logits: {members}")
-    return StudentEnsemble([model for model, _ in loaded]).eval(), contract
-
-
-def _load_one(checkpoint_dir: Path | str) -> tuple[Any, ModelContract]:
-    checkpoint_dir = Path(checkpoint_dir)
-    contract = load_contract(checkpoint_dir, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
-    hf_config_path = checkpoint_dir / CONFIG_FILE
-    if not hf_config_path.is_file():
-        raise ContractError(f"checkpoint {str(checkpoint_dir)!r} has no HF {CONFIG_FILE}")
-    try:
-        model = load_student(checkpoint_dir)
-    except ValueError as exc:
-        raise ContractError(f"{hf_config_path}: {exc}") from None
-    id2label = model.config.id2label
-    hf_labels = tuple(id2label[i] for i in range(len(id2label)))
-    if hf_labels != contract.labels:
-        raise ContractError(
-            f"checkpoint {str(checkpoint_dir)!r}: HF id2label {list(hf_labels)} differs from "
-            f"{CHECKPOINT_CONTRACT_FILE} labels {list(contract.labels)}"
-        )
-    model.eval()
-    return model, contract
-
-
-def checkpoint_predictor(checkpoint_dir: Path | str, threads: int = 1) -> tuple[ModelContract, Any]:
-    """(contract, ``x -> logits`` numpy function) running the checkpoint in PyTorch."""
-    if threads > 0:
-        torch.set_num_threads(threads)
-    model, contract = load_checkpoint(checkpoint_dir)
-    wrapped = LogitsOnly(model).eval()
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits: np.ndarray = wrapped(torch.from_numpy(x)).float().numpy()
-        return logits
-
-    return contract, predict
 
 
 def export_onnx(model: Any, contract: ModelContract, onnx_path: Path) -> Path:
@@ -121,8 +69,6 @@ def _torch_export(model: Any, example: torch.Tensor, onnx_path: Path, contract: 
 
 def parity(model: Any, onnx_path: Path, x: np.ndarray, contract: ModelContract) -> float:
     """Max |logit difference| between PyTorch and onnxruntime on the float32 NCHW batch ``x``."""
-    from models.evaluate import make_session
-
     session = make_session(onnx_path, threads=1)
     with torch.inference_mode():
         expected = LogitsOnly(model, contract.output.flip_averaged).eval()(torch.from_numpy(x)).numpy()
@@ -132,49 +78,35 @@ def parity(model: Any, onnx_path: Path, x: np.ndarray, contract: ModelContract) 
 
 def parity_inputs(contract: ModelContract, data_dir: Path | None, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     """``n`` preprocessed real faces from ``data_dir``'s test split when available, else random pixels."""
-    from models.data import DatasetError
-    from models.evaluate import load_for_contract, preprocess
-
     if data_dir is not None:
         try:
             faces = load_for_contract(data_dir, "test", contract)
             rows = np.random.default_rng(seed).choice(len(faces), size=min(n, len(faces)), replace=False)
-            return preprocess(faces.images[np.sort(rows)], contract), f"{len(rows)} test faces"
+            return normalise(faces.images[np.sort(rows)], contract), f"{len(rows)} test faces"
         except DatasetError as exc:
             logger.warning("parity on random inputs: %s", exc)
     spec = contract.input
     shape = (n, spec.height, spec.width) if spec.channels == 1 else (n, spec.height, spec.width, spec.channels)
     pixels = np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
-    return preprocess(pixels, contract), f"{n} random images"
+    return normalise(pixels, contract), f"{n} random images"
 
 
 @dataclass
 class ExportArguments:
     """Command-line arguments of ``emotion export``."""
 
-    checkpoint: Path
-    output: Path
-    data_dir: Path | None = None
-    atol: float = 1e-4
-    onnx_file: str = "model.onnx"
-    flip_average: bool = True
+    checkpoint: Path = field(metadata={
+        "help": "training checkpoint folder, or a comma list of folders: exported as their ensemble"})
+    output: Path = field(metadata={"help": "ONNX model folder to write"})
+    data_dir: Path | None = field(default=None, metadata={"help": "dataset root for a parity check on real faces"})
+    atol: float = field(default=1e-4, metadata={"help": "max allowed |logit difference| torch vs ORT"})
+    onnx_file: str = field(default="model.onnx", metadata={"help": "name of the ONNX file in the output folder"})
+    flip_average: bool = field(default=True, metadata={
+        "help": "average each face's logits with its mirror image's inside the graph"})
 
     def __post_init__(self) -> None:
         if self.atol <= 0:
             raise ValueError(f"--atol={self.atol} must be > 0")
-
-
-def _parse(argv: list[str] | None) -> ExportArguments:
-    parser = argparse.ArgumentParser(prog="emotion export", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="training checkpoint folder, or a comma list of folders: exported as their ensemble")
-    parser.add_argument("--output", type=Path, required=True, help="ONNX model folder to write")
-    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root for a parity check on real faces")
-    parser.add_argument("--atol", type=float, default=1e-4, help="max allowed |logit difference| torch vs ORT")
-    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
-                        help="average each face's logits with its mirror image's inside the graph (default: on)")
-    ns = parser.parse_args(argv)
-    return ExportArguments(ns.checkpoint, ns.output, ns.data_dir, ns.atol, flip_average=ns.flip_average)
 
 
 def export(args: ExportArguments) -> dict[str, float]:
@@ -195,10 +127,11 @@ def export(args: ExportArguments) -> dict[str, float]:
     return diffs
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_arguments(ExportArguments, argv, prog="emotion export", description=__doc__)
     try:
-        export(_parse(argv))
+        export(args)
     except (ContractError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

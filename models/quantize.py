@@ -5,11 +5,11 @@ Variants (all from the same ``quant_pre_process``-ed graph):
 * ``dynamic``: ``quantize_dynamic`` (int8 weights, uint8 activations whose scale is computed per call over the
   WHOLE input tensor, so a face's logits depend on the other faces in its batch);
 * ``static`` / ``static_per_channel``: ``quantize_static`` QDQ with scales calibrated on the validation split,
-  fixed at run time, hence batch-invariant;
-* ``matmul_int8``: ``MatMulNBits`` 8-bit weights with ``accuracy_level=4``: activations are quantized to int8
-  per row and per block of the reduction axis, so each face is quantized on its own (ORT's per-row dynamic mode);
-* ``dynamic_per_row``: our graph rewrite (``models.per_row_quant``): one activation scale per token row,
-  computed at run time with plain ONNX ops, per-column int8 weights, ``MatMulInteger``.
+  fixed at run time, hence batch-invariant.
+
+Per-row dynamic int8 (``MatMulNBits`` 8-bit, and a per-row ``MatMulInteger`` graph rewrite) was measured for 0.4.0
+(``models/default/quantization.md``): batch-invariant, but only about 1/2.5 of the fp32 file, so it could never
+ship at the default ``--min-compression`` and is no longer built.
 
 Every variant is scored on the validation split carved from ``train`` exactly as training carves it, timed
 in-process, and checked for batch invariance (batch-64 vs batch-1 logits of the same faces). The shipped model
@@ -22,34 +22,29 @@ is the most accurate batch-invariant int8 variant at most 1/``--min-compression`
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.contract import CONFIG_FILE, METRICS_FILE, ContractError, ModelContract, load_contract
+from models.cli_args import parse_arguments
+from models.contract import CONFIG_FILE, METRICS_FILE, ContractError, ModelContract, load_contract, normalise
 from models.data import DatasetError, FaceDataset, default_fer_dir, stratified_split
-from models.evaluate import (
-    evaluate,
-    load_for_contract,
-    onnx_predictor,
-    predict_logits,
-    preprocess,
-)
+from models.evaluate import evaluate
 from models.metrics import classification_report
+from models.predictors import load_for_contract, onnx_predictor, predict_logits
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("dynamic", "static", "static_per_channel", "matmul_int8", "dynamic_per_row")
+VARIANTS = ("dynamic", "static", "static_per_channel")
 INVARIANCE_ATOL = 1e-4
 
 
@@ -57,20 +52,20 @@ INVARIANCE_ATOL = 1e-4
 class QuantizeArguments:
     """Command-line arguments of ``emotion quantize``."""
 
-    model: Path
-    output: Path
-    data_dir: Path
-    val_fraction: float = 0.1
-    seed: int = 42
-    calibration_size: int = 512
-    variants: tuple[str, ...] = VARIANTS
-    test: bool = False
-    threads: int = 1
+    model: Path = field(metadata={"help": "fp32 ONNX model folder (from emotion export)"})
+    output: Path = field(metadata={"help": "model folder to write the chosen int8 model to"})
+    data_dir: Path = field(default_factory=default_fer_dir, metadata={"help": "dataset root"})
+    val_fraction: float = field(default=0.1, metadata={"help": "as in training"})
+    seed: int = field(default=42, metadata={"help": "as in training"})
+    calibration_size: int = field(default=512, metadata={"help": "validation faces used to calibrate static"})
+    variants: tuple[str, ...] = field(default=VARIANTS, metadata={"help": "comma-separated subset of the default"})
+    test: bool = field(default=False, metadata={"help": "also score every variant on the test split"})
+    threads: int = field(default=1, metadata={"help": "onnxruntime intra-op threads for scoring and timing"})
     batch_size: int = 64
     accuracy_tolerance: float = 0.005
-    min_compression: float = 3.5
-    keep_candidates: Path | None = None
-    bench_seconds: float = 1.0
+    min_compression: float = field(default=3.5, metadata={"help": "fp32 size / int8 size must reach this"})
+    keep_candidates: Path | None = field(default=None, metadata={"help": "keep every variant's file in this folder"})
+    bench_seconds: float = field(default=1.0, metadata={"help": "minimum timing per variant and batch size"})
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -131,18 +126,6 @@ def build_variant(variant: str, prepped: Path, out: Path, contract: ModelContrac
             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
             calibrate_method=CalibrationMethod.MinMax,
         )
-    elif variant == "matmul_int8":
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        # accuracy_level=4: int8 activations, quantized per row and per block of K inside the kernel.
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(prepped)), bits=8, block_size=32, accuracy_level=4)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
-    elif variant == "dynamic_per_row":
-        from models.per_row_quant import rewrite_per_row
-
-        rewrite_per_row(prepped, out)
     else:
         raise ValueError(f"unknown variant {variant!r}")
     return out
@@ -177,7 +160,7 @@ def measure(
     name: str, onnx_path: Path, contract: ModelContract, val: FaceDataset, args: QuantizeArguments
 ) -> dict[str, Any]:
     """One row of the quantization table for ``onnx_path``."""
-    x_val = preprocess(val.images, contract)
+    x_val = normalise(val.images, contract)
     folder = onnx_path.parent
     predict = onnx_predictor(folder, replace(contract, onnx_file=onnx_path.name), args.threads)
     report = classification_report(predict_logits(predict, x_val, args.batch_size), val.labels, contract.labels)
@@ -256,7 +239,7 @@ def quantize(args: QuantizeArguments) -> dict[str, Any]:
     val = validation_split(args.data_dir, contract, args.val_fraction, args.seed)
     logger.info("validation split: %d faces %s", len(val), val.class_counts())
     calib_rows = np.sort(np.random.default_rng(args.seed).permutation(len(val))[: args.calibration_size])
-    calib = preprocess(val.images[calib_rows], contract)
+    calib = normalise(val.images[calib_rows], contract)
     with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
         work = args.keep_candidates or Path(tmp)
         prepped = work / "prepped" / "model.onnx"
@@ -322,49 +305,13 @@ def _ship(onnx_path: Path, contract: ModelContract, variant: str, args: Quantize
     return out
 
 
-def _parse(argv: list[str] | None) -> QuantizeArguments:
-    parser = argparse.ArgumentParser(prog="emotion quantize", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="fp32 ONNX model folder (from emotion export)")
-    parser.add_argument("--output", type=Path, required=True, help="model folder to write the chosen int8 model to")
-    parser.add_argument("--data-dir", type=Path, default=None, help="dataset root (default: $EMOTION_DATA_DIR/fer2013)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="as in training")
-    parser.add_argument("--seed", type=int, default=42, help="as in training")
-    parser.add_argument("--calibration-size", type=int, default=512, help="validation faces used to calibrate static")
-    parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}"
-    )
-    parser.add_argument("--test", action="store_true", help="also score every variant on the test split")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for scoring and timing")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--accuracy-tolerance", type=float, default=0.005)
-    parser.add_argument("--min-compression", type=float, default=3.5, help="fp32 size / int8 size must reach this")
-    parser.add_argument("--keep-candidates", type=Path, default=None, help="keep every variant's file in this folder")
-    parser.add_argument("--bench-seconds", type=float, default=1.0, help="minimum timing per variant and batch size")
-    ns = parser.parse_args(argv)
-    return QuantizeArguments(
-        model=ns.model,
-        output=ns.output,
-        data_dir=ns.data_dir or default_fer_dir(),
-        val_fraction=ns.val_fraction,
-        seed=ns.seed,
-        calibration_size=ns.calibration_size,
-        variants=tuple(v.strip() for v in ns.variants.split(",") if v.strip()),
-        test=ns.test,
-        threads=ns.threads,
-        batch_size=ns.batch_size,
-        accuracy_tolerance=ns.accuracy_tolerance,
-        min_compression=ns.min_compression,
-        keep_candidates=ns.keep_candidates,
-        bench_seconds=ns.bench_seconds,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # onnxruntime's quantizers log every node they skip at INFO.
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    args = parse_arguments(QuantizeArguments, argv, prog="emotion quantize", description=__doc__)
     try:
-        quantize(_parse(argv))
+        quantize(args)
     except (ContractError, DatasetError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

@@ -13,14 +13,13 @@ The test split is read once, at the very end, for the final report.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.architectures import (
-    LEVIT_PRESETS,
     VIT_PRESETS,
     LogitsOnly,
     TeacherCNN,
@@ -40,6 +38,7 @@ from models.architectures import (
     load_student,
 )
 from models.augment import AugmentConfig
+from models.cli_args import parse_arguments
 from models.contract import CHECKPOINT_CONTRACT_FILE, InputSpec, ModelContract, Preprocessing
 from models.data import default_fer_dir, load_split, parse_classes, stratified_split
 from models.loop import (
@@ -93,7 +92,7 @@ class TrainArgs:
         "help": "train the teacher stage only (members of an ensemble are trained this way, one run per seed)"})
     teacher_lr: float = 2e-3
     teacher_weight_decay: float = 5e-4
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"prefix": "aug"})  # --aug-* flags
     threads: int = 0
     device: str = "auto"
     max_batches_per_epoch: int = 0
@@ -109,9 +108,8 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if self.distill not in {"hard", "soft", "none"}:
             raise ValueError(f"--distill={self.distill!r}: choose hard, soft or none")
-        presets = sorted(VIT_PRESETS) + sorted(LEVIT_PRESETS)
-        if self.preset not in presets and self.pretrained_dir is None:
-            raise ValueError(f"--preset={self.preset!r}: choose one of {presets}")
+        if self.preset not in VIT_PRESETS and self.pretrained_dir is None:
+            raise ValueError(f"--preset={self.preset!r}: choose one of {sorted(VIT_PRESETS)}")
         if self.teacher_only and self.distill == "none":
             raise ValueError("--teacher-only needs a teacher: drop --distill=none")
         if self.epochs < 1:
@@ -207,31 +205,6 @@ def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, cont
 # ----------------------------------------------------------------------------------------------- command line
 
 
-def _add_field(parser: argparse.ArgumentParser, name: str, f: dataclasses.Field[Any], default: Any) -> None:
-    flag = "--" + name.replace("_", "-")
-    helptext = f.metadata.get("help", "")
-    if isinstance(default, bool):
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
-    else:
-        kind = type(default) if default is not None else str
-        parser.add_argument(flag, type=kind, default=default, help=f"{helptext} (default: {default})".strip())
-
-
-def parse_args(argv: list[str] | None) -> TrainArgs:
-    parser = argparse.ArgumentParser(prog="emotion train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainArgs()
-    for f in dataclasses.fields(TrainArgs):
-        if f.name == "augment":
-            for af in dataclasses.fields(AugmentConfig):
-                _add_field(parser, f"aug_{af.name}", af, getattr(defaults.augment, af.name))
-        else:
-            _add_field(parser, f.name, f, getattr(defaults, f.name))
-    ns = vars(parser.parse_args(argv))
-    augment = AugmentConfig(**{af.name: ns.pop(f"aug_{af.name}") for af in dataclasses.fields(AugmentConfig)})
-    return TrainArgs(**ns, augment=augment)
-
-
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -277,16 +250,14 @@ def _run_id(out: Path) -> str:
 
 
 def _family(preset: str) -> str:
-    if preset in LEVIT_PRESETS:
-        return "LeViT"
     if preset in VIT_PRESETS and VIT_PRESETS[preset].conv_stem:
         return "DeiT with a convolutional stem"
     return "DeiT"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = parse_arguments(TrainArgs, argv, prog="emotion train", description=__doc__)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models.contract import ModelContract, check_onnx_matches, load_contract, load_metrics
+from models.contract import check_onnx_matches, load_contract, load_metrics, normalise
 
 SessionFactory = Callable[[str, Any], Any]
 
@@ -29,23 +29,6 @@ class Prediction:
     def to_json(self) -> dict[str, Any]:
         """The ``label`` + ``probabilities`` fields of every answer that names a face's emotion."""
         return {"label": self.label, "probabilities": self.probabilities}
-
-
-def normalise(batch: np.ndarray, contract: ModelContract) -> np.ndarray:
-    """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` -> float32 ``[N, C, H, W]``: ``(x * scale - mean) / std``."""
-    if batch.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 batch, got {batch.dtype}")
-    spec, pre = contract.input, contract.preprocessing
-    x = batch.astype(np.float32)
-    x = x[:, None, :, :] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    if x.shape[1:] != (spec.channels, spec.height, spec.width):
-        raise ValueError(
-            f"batch has shape {batch.shape}; the contract needs {spec.height}x{spec.width}x{spec.channels}"
-        )
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    out: np.ndarray = (x * np.float32(pre.scale) - mean) / std
-    return out.astype(np.float32, copy=False)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

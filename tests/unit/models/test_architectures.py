@@ -12,8 +12,8 @@ pytest.importorskip("transformers")
 
 from models.architectures import ConvStem, build_student, load_student  # noqa: E402
 from models.contract import CHECKPOINT_CONTRACT_FILE, ModelContract  # noqa: E402
-from models.evaluate import make_session  # noqa: E402
 from models.export import ExportArguments, export  # noqa: E402
+from models.predictors import make_session  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -74,7 +74,7 @@ def test_unknown_architecture_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_hybrid_checkpoint_starts_a_new_run_with_other_classes(tmp_path: Path) -> None:
     model = _hybrid(tmp_path)
-    again = build_student("tiny-p6", ("happy", "sad"), image_size=48, num_channels=1, pretrained_dir=str(tmp_path))
+    again = build_student("micro-p4", ("happy", "sad"), image_size=48, num_channels=1, pretrained_dir=str(tmp_path))
     stem_again = again.deit.embeddings.patch_embeddings.projection
     assert isinstance(stem_again, ConvStem)  # the checkpoint's stem, not the preset's plain patch embedding
     assert again.config.id2label == {0: "happy", 1: "sad"}

@@ -14,7 +14,7 @@ import pytest
 
 from models.contract import ContractError, InputSpec, ModelContract, OutputSpec
 from models.data import DatasetError
-from models.evaluate import evaluate, main, preprocess
+from models.evaluate import evaluate, main
 
 REPO = Path(__file__).resolve().parents[3]
 LINEAR = Callable[..., Path]
@@ -22,16 +22,6 @@ LINEAR = Callable[..., Path]
 
 def contract48() -> ModelContract:
     return ModelContract(name="linear", version="1", labels=("angry", "happy", "sad"))
-
-
-def test_preprocess_follows_the_contract() -> None:
-    images = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)
-    c = replace(contract48(), input=InputSpec(height=2, width=2))
-    x = preprocess(images, c)
-    assert x.dtype == np.float32 and x.shape == (1, 1, 2, 2)
-    np.testing.assert_allclose(x[0, 0], [[-1.0, 1.0], [-0.6, -0.2]], atol=1e-6)
-    with pytest.raises(ContractError, match="do not fit"):
-        preprocess(np.zeros((1, 3, 3), np.uint8), c)
 
 
 def test_report_contents(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
@@ -60,6 +50,9 @@ def test_missing_dataset_and_unknown_class(fer_like: Path, linear_onnx: LINEAR, 
     with pytest.raises(DatasetError, match="does not exist"):
         evaluate(folder, tmp_path / "no-data")
     assert main(["--model", str(folder), "--data-dir", str(tmp_path / "no-data")]) == 2
+    with pytest.raises(SystemExit) as exc:  # a bad flag value is a usage error naming the flag
+        main(["--model", str(folder), "--data-dir", str(fer_like), "--batch-size", "0"])
+    assert exc.value.code == 2
     other = linear_onnx(tmp_path / "c", replace(contract48(), labels=("angry", "contempt", "sad")))
     with pytest.raises(DatasetError, match="contempt"):
         evaluate(other, fer_like)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.contract import CHECKPOINT_CONTRACT_FILE, ContractError, ModelContract, load_contract
-from models.evaluate import evaluate, load_for_contract, make_session, preprocess
+from models.contract import CHECKPOINT_CONTRACT_FILE, ContractError, ModelContract, load_contract, normalise
+from models.evaluate import evaluate
+from models.predictors import load_checkpoint, load_for_contract, make_session
 
 pytestmark = pytest.mark.train
 
@@ -65,25 +66,11 @@ def test_checkpoint_and_onnx_evaluate_alike(micro_checkpoint: Path, fer_like: Pa
 def test_checkpoint_whose_contract_disagrees_with_id2label(micro_checkpoint: Path, tmp_path: Path) -> None:
     import shutil
 
-    from models.export import load_checkpoint
-
     bad = tmp_path / "bad"
     shutil.copytree(micro_checkpoint, bad)
     ModelContract(name="m", version="0", labels=("sad", "happy", "angry")).save(bad, CHECKPOINT_CONTRACT_FILE)
     with pytest.raises(ContractError, match="id2label"):
         load_checkpoint(bad)
-
-
-def test_per_row_rewrite_is_batch_invariant(micro_onnx: Path, tmp_path: Path) -> None:
-    from models.per_row_quant import rewrite_per_row
-
-    out = tmp_path / "per_row.onnx"
-    assert rewrite_per_row(micro_onnx / "model.onnx", out) > 0
-    x = np.random.default_rng(0).standard_normal((16, 1, 48, 48)).astype(np.float32)
-    together = _logits(out, x)
-    alone = np.concatenate([_logits(out, x[i : i + 1]) for i in range(16)])
-    assert np.abs(together - alone).max() < 1e-5
-    assert np.abs(together - _logits(micro_onnx / "model.onnx", x)).max() < 0.1
 
 
 def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like: Path, tmp_path: Path) -> None:
@@ -104,7 +91,7 @@ def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["accuracy"] == evaluate(out, fer_like, "test")["accuracy"] and "dedup" in metrics
     contract = load_contract(out)
-    x = preprocess(load_for_contract(fer_like, "test", contract).images, contract)
+    x = normalise(load_for_contract(fer_like, "test", contract).images, contract)
     together = _logits(out / "model.onnx", x)
     alone = np.concatenate([_logits(out / "model.onnx", x[i : i + 1]) for i in range(len(x))])
     assert np.array_equal(together.argmax(1), alone.argmax(1)) and np.abs(together - alone).max() < 1e-4
@@ -121,12 +108,12 @@ def test_choose_keeps_the_size_and_invariance_rules() -> None:
     rows = [
         _row("fp32", 8_740_000, 0.822, 4.7),
         _row("dynamic", 2_340_000, 0.830, 9.0, invariant=False),  # most accurate, but batch-dependent
-        _row("dynamic_per_row", 3_500_000, 0.822, 2.9),  # fastest, but only 1/2.5 of fp32
+        _row("fast_but_large", 3_500_000, 0.822, 2.9),  # fastest, but only 1/2.5 of fp32
         _row("static", 2_380_000, 0.821, 3.2),
         _row("static_per_channel", 2_430_000, 0.820, 3.3),
     ]
     assert choose(rows, 0.005)["variant"] == "static"
-    assert choose(rows, 0.005, min_compression=2.0)["variant"] == "dynamic_per_row"
+    assert choose(rows, 0.005, min_compression=2.0)["variant"] == "fast_but_large"
     with pytest.raises(ContractError, match=r"1/4\.0"):
         choose(rows, 0.005, min_compression=4.0)
 
@@ -137,7 +124,7 @@ def test_ensemble_of_checkpoints_exports_as_one_graph(micro_checkpoint: Path, tm
     import torch
 
     from models.architectures import load_student
-    from models.export import ExportArguments, export, load_checkpoint
+    from models.export import ExportArguments, export
 
     other = tmp_path / "other"
     shutil.copytree(micro_checkpoint, other)

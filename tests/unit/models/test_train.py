@@ -12,9 +12,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from models.augment import AugmentConfig, augment_batch  # noqa: E402
+from models.cli_args import parse_arguments  # noqa: E402
 from models.contract import CHECKPOINT_CONTRACT_FILE, load_contract  # noqa: E402
 from models.loop import cosine_with_warmup  # noqa: E402
-from models.train import TrainArgs, main, parse_args  # noqa: E402
+from models.train import TrainArgs, main  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -106,7 +107,7 @@ def test_bad_arguments_name_the_value() -> None:
         TrainArgs(distill="medium")
     with pytest.raises(ValueError, match="--preset='huge'"):
         TrainArgs(preset="huge")
-    args = parse_args(["--aug-rotate-deg", "0", "--no-aug-flip", "--lr", "0.01"])
+    args = parse_arguments(TrainArgs, ["--aug-rotate-deg", "0", "--no-aug-flip", "--lr", "0.01"], prog="emotion train")
     assert args.augment == AugmentConfig(flip=False, rotate_deg=0.0) and args.lr == 0.01
 
 

@@ -1,0 +1,183 @@
+"""models/contract.py: reading config.json, the preprocessing every consumer shares, and the ONNX tensor check."""
+
+from __future__ import annotations
+
+import shutil
+import typing
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.contract import (
+    CONFIG_FILE,
+    DEFAULT_MODEL_DIR,
+    RESAMPLING,
+    ContractError,
+    InputSpec,
+    ModelContract,
+    Preprocessing,
+    ResizeMethod,
+    check_onnx_matches,
+    load_contract,
+    load_metrics,
+    normalise,
+)
+
+LABELS = ("angry", "happy", "sad")
+
+
+def contract(**changes: Any) -> ModelContract:
+    return replace(ModelContract(name="t", version="0", labels=LABELS), **changes)
+
+
+def rgb(height: int = 2, width: int = 3) -> ModelContract:
+    pre = Preprocessing(color_mode="RGB", mean=(0.0, 0.5, 1.0), std=(1.0, 0.5, 0.25))
+    return contract(input=InputSpec(channels=3, height=height, width=width), preprocessing=pre)
+
+
+# ----------------------------------------------------------------------------------------------- load_contract
+
+
+def test_the_bundled_model_folder_loads_and_round_trips(tmp_path: Path) -> None:
+    bundled = load_contract(DEFAULT_MODEL_DIR)
+    assert (DEFAULT_MODEL_DIR / bundled.onnx_file).is_file()
+    assert bundled.num_classes == len(bundled.labels) > 1
+    assert bundled.input.channels == len(bundled.preprocessing.mean) == len(bundled.preprocessing.std)
+    assert bundled.preprocessing.resize in RESAMPLING
+    # What save() writes, load_contract() reads back unchanged (the ONNX file is not needed for that).
+    bundled.save(tmp_path)
+    assert load_contract(tmp_path, require_onnx=False) == bundled
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"name": "x", "version": "1"}', "missing key 'labels'"),
+        ('{"name": "x", "version": "1", "labels": ["a"], "input": {"colour": 1}}', "colour"),
+    ],
+)
+def test_malformed_config_is_a_contract_error_naming_the_problem(text: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text(text)
+    with pytest.raises(ContractError, match=message) as exc:
+        load_contract(tmp_path, require_onnx=False)
+    assert CONFIG_FILE in str(exc.value)
+
+
+def test_missing_folder_config_or_onnx_file(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match="does not exist"):
+        load_contract(tmp_path / "nowhere")
+    with pytest.raises(ContractError, match=f"has no {CONFIG_FILE}"):
+        load_contract(tmp_path)
+    shutil.copy(DEFAULT_MODEL_DIR / CONFIG_FILE, tmp_path / CONFIG_FILE)
+    with pytest.raises(ContractError, match=r"has no ONNX file 'model\.onnx'"):
+        load_contract(tmp_path)
+    assert load_contract(tmp_path, require_onnx=False).onnx_file == "model.onnx"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"labels": ()}, "at least one class"),
+        ({"labels": ("a", "a")}, "duplicates"),
+        ({"input": InputSpec(channels=3)}, "does not match"),
+        ({"preprocessing": Preprocessing(mean=(0.5, 0.5))}, "needs 1 value"),
+        ({"preprocessing": Preprocessing(std=(0.0,))}, "must be > 0"),
+        ({"input": InputSpec(height=0)}, "must be positive"),
+    ],
+)
+def test_inconsistent_contracts_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        contract(**changes)
+
+
+def test_every_allowed_resize_name_has_a_pillow_filter() -> None:
+    assert set(RESAMPLING) == set(typing.get_args(ResizeMethod))
+    assert len(set(RESAMPLING.values())) == len(RESAMPLING)  # no two names share a filter by mistake
+
+
+# ----------------------------------------------------------------------------------------------- normalise
+
+
+def test_normalise_grayscale_values_and_layout() -> None:
+    images = np.array([[[0, 255, 51], [102, 153, 204]]], dtype=np.uint8)  # one 2x3 face
+    x = normalise(images, contract(input=InputSpec(height=2, width=3)))
+    assert x.dtype == np.float32 and x.shape == (1, 1, 2, 3) and x.flags.c_contiguous
+    np.testing.assert_allclose(x[0, 0], [[-1.0, 1.0, -0.6], [-0.2, 0.2, 0.6]], atol=1e-6)
+    # [N, H, W, 1] is the same face.
+    np.testing.assert_array_equal(normalise(images[..., None], contract(input=InputSpec(height=2, width=3))), x)
+
+
+def test_normalise_rgb_moves_channels_first_with_per_channel_mean_and_std() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (4, 2, 3, 3), dtype=np.uint8)
+    x = normalise(images, rgb())
+    assert x.dtype == np.float32 and x.shape == (4, 3, 2, 3) and x.flags.c_contiguous
+    for c, (mean, std) in enumerate([(0.0, 1.0), (0.5, 0.5), (1.0, 0.25)]):
+        np.testing.assert_allclose(x[:, c], (images[..., c] / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_normalise_keeps_an_empty_batch() -> None:
+    assert normalise(np.zeros((0, 48, 48), np.uint8), contract()).shape == (0, 1, 48, 48)
+
+
+@pytest.mark.parametrize(
+    ("batch", "target", "error"),
+    [
+        (np.zeros((1, 48, 48), np.float32), contract(), TypeError),
+        (np.zeros((1, 48, 48), np.int16), contract(), TypeError),
+        (np.zeros((1, 32, 32), np.uint8), contract(), ValueError),
+        (np.zeros((48, 48), np.uint8), contract(), ValueError),  # one face without the batch axis
+        (np.zeros((1, 1, 48, 48, 1), np.uint8), contract(), ValueError),
+        (np.zeros((1, 48, 48, 3), np.uint8), contract(), ValueError),  # RGB for a grayscale model
+        (np.zeros((1, 2, 3), np.uint8), rgb(), ValueError),  # grayscale for an RGB model
+    ],
+)
+def test_normalise_refuses_the_wrong_dtype_or_shape(batch: np.ndarray, target: ModelContract, error: type) -> None:
+    with pytest.raises(error, match="uint8" if error is TypeError else "contract needs"):
+        normalise(batch, target)
+
+
+# ----------------------------------------------------------------------------------------------- check_onnx_matches
+
+
+def fake_session(inputs: dict[str, list[Any]], outputs: dict[str, list[Any]]) -> Any:
+    """What check_onnx_matches reads of an onnxruntime session: get_inputs()/get_outputs() with name and shape."""
+
+    def tensors(spec: dict[str, list[Any]]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=name, shape=shape) for name, shape in spec.items()]
+
+    return SimpleNamespace(get_inputs=lambda: tensors(inputs), get_outputs=lambda: tensors(outputs))
+
+
+def test_check_onnx_matches_accepts_dynamic_and_matching_static_dims() -> None:
+    check_onnx_matches(contract(), fake_session({"pixel_values": ["batch", 1, 48, 48]}, {"logits": ["batch", 3]}))
+    check_onnx_matches(contract(), fake_session({"pixel_values": [8, "c", "h", "w"]}, {"logits": [8, "n"]}))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "message"),
+    [
+        ({"image": ["b", 1, 48, 48]}, {"logits": ["b", 3]}, r"no input 'pixel_values' \(it has \['image'\]\)"),
+        ({"pixel_values": ["b", 1, 48, 48]}, {"probs": ["b", 3]}, "no output 'logits'"),
+        ({"pixel_values": ["b", 3, 48, 48]}, {"logits": ["b", 3]}, r"says \[N, 1, 48, 48\]"),
+        ({"pixel_values": ["b", 1, 48]}, {"logits": ["b", 3]}, "has shape"),
+        ({"pixel_values": ["b", 1, 48, 48]}, {"logits": ["b", 4]}, "lists 3 labels"),
+        ({"pixel_values": ["b", 1, 48, 48]}, {"logits": ["b"]}, "lists 3 labels"),
+    ],
+)
+def test_check_onnx_matches_names_the_mismatch(
+    inputs: dict[str, list[Any]], outputs: dict[str, list[Any]], message: str
+) -> None:
+    with pytest.raises(ContractError, match=message):
+        check_onnx_matches(contract(), fake_session(inputs, outputs))
+
+
+def test_load_metrics_is_the_bundled_report_or_none(tmp_path: Path) -> None:
+    metrics = load_metrics(DEFAULT_MODEL_DIR)
+    assert metrics is not None and metrics["labels"] == list(load_contract(DEFAULT_MODEL_DIR).labels)
+    assert load_metrics(tmp_path) is None
