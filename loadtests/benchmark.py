@@ -142,13 +142,14 @@ def _row(target: str, workload: str, mode: str, load: float, tally: httpclient.T
 
 
 def measure_http(server: Server, plan: Plan, labels: tuple[str, ...], metrics_port: int | None,
-                 workloads: Sequence[str] = ("single", "batch32"), open_loop: bool = True) -> list[Row]:  # fmt: skip
-    """Every cell of ``plan`` against one running server."""
+                 workloads: Sequence[str] = ("single", "batch32"), open_loop: bool = True,
+                 timeout: float = httpclient.DEFAULT_TIMEOUT_S) -> list[Row]:  # fmt: skip
+    """Every cell of ``plan`` against one running server; a request slower than ``timeout`` s is a timeout."""
     rows = []
     for workload in workloads:
         requests, judge = requests_for(workload, server.port), judge_for(workload, labels)
         port = server.port
-        asyncio.run(httpclient.closed_loop("127.0.0.1", port, requests, judge, 2, plan.warmup))
+        asyncio.run(httpclient.closed_loop("127.0.0.1", port, requests, judge, 2, plan.warmup, timeout))
         clients = plan.single_clients if workload == "single" else plan.batch_clients
         rates = plan.single_rates if workload == "single" else plan.batch_rates
         cells = [("closed", float(c)) for c in clients] + ([("open", r) for r in rates] if open_loop else [])
@@ -156,9 +157,9 @@ def measure_http(server: Server, plan: Plan, labels: tuple[str, ...], metrics_po
             before = _scrape(metrics_port)
             with cpu_meter(server) as cpu:
                 if mode == "closed":
-                    run = httpclient.closed_loop("127.0.0.1", port, requests, judge, int(load), plan.seconds)
+                    run = httpclient.closed_loop("127.0.0.1", port, requests, judge, int(load), plan.seconds, timeout)
                 else:
-                    run = httpclient.open_loop("127.0.0.1", port, requests, judge, load, plan.seconds)
+                    run = httpclient.open_loop("127.0.0.1", port, requests, judge, load, plan.seconds, timeout)
                 tally = asyncio.run(run)
             row = _row(server.name, workload, mode, load, tally, cpu)
             if metrics_port is not None:
@@ -264,9 +265,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = Server(name, cmd, p, args.logs / f"{name}.log", env)
         t0 = time.perf_counter()
         try:
-            server.start()
+            server.start(timeout=args.start_timeout)
             logger.info("%s ready in %.1f s", name, time.perf_counter() - t0)
-            rows += measure_http(server, plan, labels, metrics_port, open_loop=name != "noop")
+            rows += measure_http(server, plan, labels, metrics_port, open_loop=name != "noop",
+                                 timeout=args.request_timeout)  # fmt: skip
         except ServerError as exc:
             skipped[name] = str(exc)
             logger.error("%s: %s", name, exc)
@@ -290,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI smoke: 2 s cells, fewer loads (< ~60 s)")
     parser.add_argument("--criteria-only", action="store_true", help="A/B: only the cells the criteria read")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per cell (full run)")
+    parser.add_argument("--request-timeout", type=float, default=httpclient.DEFAULT_TIMEOUT_S,
+                        help="a request slower than this many seconds counts as a timeout (an error)")  # fmt: skip
+    parser.add_argument("--start-timeout", type=float, default=300.0,
+                        help="give up on a server not ready after this many seconds (a hang guard)")  # fmt: skip
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--baseline-threads", type=int, default=0, help="baseline's onnxruntime threads (0 = default)")

@@ -17,6 +17,7 @@ Outcome = str  # "ok" | "shed" | "error"
 Judge = Callable[[int, dict[bytes, bytes], bytes], Outcome]
 
 MAX_OPEN_LOOP_CONNECTIONS = 1024  # above any server's in-flight limit, so overload reaches it
+DEFAULT_TIMEOUT_S = 10.0  # a request slower than this is a timeout (an error)
 
 
 @dataclass
@@ -103,16 +104,25 @@ async def _one(conn: Connection, request: bytes, judge: Judge, tally: Tally, sta
 
 
 async def closed_loop(
-    host: str, port: int, requests: Sequence[bytes], judge: Judge, clients: int, seconds: float, timeout: float = 10.0
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    judge: Judge,
+    clients: int,
+    seconds: float,
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> Tally:
-    """``clients`` connections, each sending its next request as soon as the last answer arrived."""
+    """``clients`` connections, each sending its next request as soon as the last answer arrived, for ``seconds``;
+    every client sends at least one request, however late it got to run."""
     tally = Tally()
     deadline = time.perf_counter() + seconds
     payloads = itertools.cycle(requests)
 
     async def client() -> None:
         conn: Connection | None = None
-        while time.perf_counter() < deadline:
+        first = True
+        while first or time.perf_counter() < deadline:
+            first = False
             tally.sent += 1
             started = time.perf_counter()
             try:
@@ -134,7 +144,13 @@ async def closed_loop(
 
 
 async def open_loop(
-    host: str, port: int, requests: Sequence[bytes], judge: Judge, rate: float, seconds: float, timeout: float = 10.0
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    judge: Judge,
+    rate: float,
+    seconds: float,
+    timeout: float = DEFAULT_TIMEOUT_S,
 ) -> Tally:
     """Start one request every ``1/rate`` s for ``seconds``, whatever the answers do (up to 1024 connections)."""
     tally = Tally()

@@ -177,7 +177,9 @@ def mean_batch_sizes(before: dict[tuple[str, str], float], after: dict[tuple[str
         calls = after.get(key, 0.0) - before.get(key, 0.0)
         if batches > 0:
             out[deployment] = round(calls / batches, 2)
-    # The ingress coalesces with its own coalescer (serve/coalesce.py): requests per preprocessor call, from counters.
+
+    # The ingress coalesces with its own coalescer (serve/core/coalesce.py): requests per preprocessor call, from
+    # counters.
     def delta(count: str) -> float:
         key = (f"ray_emotion_coalescer_{count}_total", "Ingress")
         return after.get(key, 0.0) - before.get(key, 0.0)

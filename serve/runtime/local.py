@@ -11,6 +11,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,19 @@ def start(settings: Settings, config: ServeConfig, ray_options: RayOptions | Non
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else host}:{settings.port}"
     wait_ready(url)
     return url
+
+
+def launch(flags: Mapping[str, object], ray_options: RayOptions | None = None) -> tuple[str, Settings]:
+    """``emotion serve`` without its command line (tests, tools): resolve ``flags`` against the Serve config, start,
+    and return the URL and the settings it runs with; Ray is stopped again if the start fails."""
+    from serve.runtime.serve_config import resolve_launch
+
+    settings, config = resolve_launch(flags)
+    try:
+        return start(settings, config, ray_options), settings
+    except BaseException:
+        stop()
+        raise
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:

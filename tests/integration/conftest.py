@@ -1,11 +1,14 @@
-"""Start the real app once per module on a small private local Ray instance, and talk HTTP to it."""
+"""Start the real app once per module on a small private local Ray instance, and talk HTTP to it.
+
+Nothing here may depend on the machine's speed: the test service runs without its queueing-delay bound (on a busy
+machine concurrent requests would otherwise be shed with 503, which only the shedding tests test, with their own
+settings), and every wait is a generous deadline that only guards against a hang."""
 
 from __future__ import annotations
 
 import os
 import re
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,14 +16,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from serve.runtime import ports
+
 API_KEY = "integration-test-key"
+HANG_GUARD_S = 180.0  # one request, one reply, one metrics export: only against a hang
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return ports.free_port(20000, 32767)
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Service:
     client: httpx.Client
 
     def scrape(self) -> str:
-        return httpx.get(self.metrics_url, timeout=10.0).text
+        return httpx.get(self.metrics_url, timeout=HANG_GUARD_S).text
 
     def metric_total(self, text: str, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
@@ -42,16 +45,16 @@ class Service:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    def wait_for_metric(self, predicate_name: str, timeout_s: float = 40.0) -> str:
-        """Ray exports metrics every few seconds: poll until ``predicate_name`` shows up."""
-        deadline = time.monotonic() + timeout_s
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.scrape()
-            if re.search(rf"^{re.escape(predicate_name)}[{{ ]", text, re.M):
-                return text
+    def wait_for_metrics(self, done: Callable[[str], bool]) -> str:
+        """Scrape until ``done(text)`` or the hang guard passes; the last text, for the caller's assertions.
+        Ray exports metrics every few seconds, per process: poll, never sleep a fixed time."""
+        deadline = time.monotonic() + HANG_GUARD_S
+        while not done(text := self.scrape()) and time.monotonic() < deadline:
             time.sleep(1.0)
         return text
+
+    def wait_for_metric(self, name: str) -> str:
+        return self.wait_for_metrics(lambda text: re.search(rf"^{re.escape(name)}[{{ ]", text, re.M) is not None)
 
 
 def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], None]]:
@@ -60,19 +63,14 @@ def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], N
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     from serve.runtime import local
-    from serve.runtime.serve_config import resolve_launch
 
-    options: dict[str, object] = {
+    flags: dict[str, object] = {
         "port": free_port(), "metrics_export_port": free_port(), "auth": "on", "api_keys": API_KEY,
-        "max_body_bytes": 2_000_000, "max_image_pixels": 4_000_000, "max_images_per_request": 8, **overrides,
+        "max_body_bytes": 2_000_000, "max_image_pixels": 4_000_000, "max_images_per_request": 8,
+        "max_queue_delay_s": 0, "request_timeout_s": HANG_GUARD_S, **overrides,
     }  # fmt: skip
-    settings, config = resolve_launch(options)
-    temp_dir = f"/tmp/rt{secrets.token_hex(3)}"
-    try:
-        url = local.start(settings, config, local.RayOptions(num_cpus=2, object_store_mb=200, temp_dir=temp_dir))
-    except BaseException:
-        local.stop()
-        raise
+    ray_options = local.RayOptions(num_cpus=2, object_store_mb=200, temp_dir=f"/tmp/rt{secrets.token_hex(3)}")
+    url, settings = local.launch(flags, ray_options)
     return url, f"http://127.0.0.1:{settings.metrics_export_port}/metrics", local.stop
 
 
@@ -80,7 +78,7 @@ def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], N
 def service() -> Iterator[Service]:
     url, metrics_url, stop = start_private_service()
     try:
-        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=60.0) as client:
+        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=HANG_GUARD_S) as client:
             yield Service(url, metrics_url, client)
     finally:
         stop()

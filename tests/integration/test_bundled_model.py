@@ -9,7 +9,7 @@ from models.contract import DEFAULT_MODEL_DIR, load_contract, load_metrics
 from models.data import default_fer_dir
 from models.evaluate import evaluate, load_for_contract, make_session, preprocess
 
-pytestmark = [pytest.mark.data, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.data, pytest.mark.timeout(900)]  # a hang guard: a full test-split evaluation
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Frames and streams through the real Serve graph: detector recall via /v1/analyze, both clips over WS /v1/stream,
-bad frames and abrupt disconnects, and ``emotion analyze-video --url``."""
+bad frames and abrupt disconnects, and ``emotion analyze-video --url``.
+
+Nothing here depends on the machine's speed (conftest.py: no queueing-delay bound, hang-guard deadlines only)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 
 from models.data import default_data_dir
 from serve.core.detection.boxes import greedy_match, iou_matrix
-from tests.integration.conftest import API_KEY, Service
+from tests.integration.conftest import API_KEY, HANG_GUARD_S, Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.data, pytest.mark.timeout(900)]
 CLIPS = {"pexels_wolfgang_langer_expressions.mp4": 472, "facenet_pytorch_walking_crowd.mp4": 105}
@@ -64,7 +67,11 @@ def stream(service: Service, frames: list[bytes], window: int, query: str = "") 
 
         start = time.perf_counter()
         threading.Thread(target=send, daemon=True).start()
-        for message in ws:
+        while True:
+            try:
+                message = ws.recv(timeout=HANG_GUARD_S)  # TimeoutError: a hang, not slowness
+            except ConnectionClosedOK:  # the service answered everything, then closed (after "end")
+                break
             replies.append(json.loads(message))
             if gate:
                 gate.release()
@@ -128,9 +135,10 @@ def test_bad_frames_and_abrupt_disconnects_leave_the_service_healthy(service: Se
         for frame in good * 3:
             ws.send(frame)
         ws.socket.close()
-    with pytest.raises(Exception), connect(_ws_url(service)) as ws:  # noqa: B017  # no API key: refused
+    # no API key: refused (a timeout would not count: it is not a refusal)
+    with pytest.raises((InvalidHandshake, ConnectionClosed)), connect(_ws_url(service)) as ws:
         ws.send(good[0])
-        ws.recv(timeout=10)
+        ws.recv(timeout=HANG_GUARD_S)
     assert service.client.get("/healthz").status_code == 200
     replies, _ = stream(service, good, window=2)
     assert [("faces" in r) for r in replies] == [True, True]
@@ -152,7 +160,7 @@ def test_video_command_through_the_service(service: Service, tmp_path: Path, cli
 def test_frame_metrics_are_exported(service: Service) -> None:
     frames = _jpeg_frames(_data("video", "facenet_pytorch_walking_crowd.mp4"))[:3]
     stream(service, frames, window=1)
-    text = service.wait_for_metric("ray_emotion_stream_dropped_frames_bucket")
-    for name in ("ray_emotion_faces_per_frame_bucket", "ray_emotion_frames_total", "ray_emotion_open_streams"):
-        assert name in text, name
-    assert 'stage="detect"' in text
+    wanted = ["ray_emotion_stream_dropped_frames_bucket", "ray_emotion_faces_per_frame_bucket",
+              "ray_emotion_frames_total", "ray_emotion_open_streams", 'stage="detect"']  # fmt: skip
+    text = service.wait_for_metrics(lambda text: all(w in text for w in wanted))
+    assert not [w for w in wanted if w not in text], [w for w in wanted if w not in text]

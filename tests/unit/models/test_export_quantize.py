@@ -74,7 +74,7 @@ def test_checkpoint_whose_contract_disagrees_with_id2label(micro_checkpoint: Pat
 
 
 def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like: Path, tmp_path: Path) -> None:
-    from models.quantize import main
+    from models.quantize import choose, main
 
     out = tmp_path / "int8"
     argv = ["--model", str(micro_onnx), "--output", str(out), "--data-dir", str(fer_like)]
@@ -85,7 +85,9 @@ def test_quantize_ships_a_batch_invariant_int8_model(micro_onnx: Path, fer_like:
     summary = json.loads((out / "quantization.json").read_text())
     rows = {r["variant"]: r for r in summary["rows"]}
     assert set(rows) == {"fp32", "dynamic", "static"}
-    assert summary["chosen"] == "static" and rows["static"]["batch_invariant"]
+    # Near-ties go to the faster variant on a timing of 0.05 s: which one wins may depend on the machine, the rule not.
+    chosen = rows[summary["chosen"]]
+    assert summary["chosen"] == choose(summary["rows"], 0.005, 1.6)["variant"] and chosen["batch_invariant"]
     assert (out / "model.onnx").stat().st_size < 0.6 * (micro_onnx / "model.onnx").stat().st_size
     # The shipped file: metrics.json is its own evaluation, and batch neighbours never change an answer.
     metrics = json.loads((out / "metrics.json").read_text())

@@ -55,7 +55,8 @@ def no_ray_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make(pre: Handle | None = None, model: Handle | None = None, **overrides: Any) -> Any:
-    settings = load_settings(**{"ready_timeout_s": 0.05, "request_timeout_s": 0.05, **overrides})
+    # Generous deadlines (only hang guards); a test that wants a deadline to pass sets a small one itself.
+    settings = load_settings(**{"ready_timeout_s": 30.0, "request_timeout_s": 30.0, **overrides})
     return Ingress(pre or Handle(classify=echo_rows), model or Handle(ready=never), settings, ())
 
 
@@ -65,11 +66,11 @@ def test_ready_answers_within_the_readiness_deadline() -> None:
 
     assert asyncio.run(make(model=Handle(ready=yes)).ready()) is True
     with pytest.raises(TimeoutError):  # the model replica never answers: given up after ready_timeout_s
-        asyncio.run(make(model=Handle(ready=never)).ready())
+        asyncio.run(make(model=Handle(ready=never), ready_timeout_s=0.05).ready())
 
 
 def test_the_app_reports_not_ready_when_the_model_does_not_answer() -> None:
-    ingress = make(model=Handle(ready=never))
+    ingress = make(model=Handle(ready=never), ready_timeout_s=0.05)
     with TestClient(ingress.__serve_build_asgi_app__(), raise_server_exceptions=False) as client:
         resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_ready"
@@ -90,7 +91,7 @@ async def lost_replica(*args: Any) -> Any:
 
 @pytest.mark.parametrize("failure", [backpressure, lost_replica, never], ids=["backpressure", "ray_error", "timeout"])
 def test_downstream_failures_become_overloaded_and_release_admission(failure: Callable[..., Any]) -> None:
-    ingress = make(Handle(classify=failure, analyze=failure))
+    ingress = make(Handle(classify=failure, analyze=failure), request_timeout_s=0.05)  # `never`: the deadline passes
     with pytest.raises(Overloaded):
         asyncio.run(ingress.classify([b"a", b"b"]))
     with pytest.raises(Overloaded):
