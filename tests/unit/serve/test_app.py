@@ -72,8 +72,11 @@ def test_compose_applies_the_config_files_options() -> None:
         assert deployment.max_queued_requests == wanted["max_queued_requests"]
         assert deployment.user_config == wanted.get("user_config")
         assert deployment.ray_actor_options["num_cpus"] == wanted["ray_actor_options"]["num_cpus"]
-        auto = deployment._deployment_config.autoscaling_config
-        assert auto.max_replicas == wanted["autoscaling_config"]["max_replicas"]
+        if "autoscaling_config" in wanted:
+            auto = deployment._deployment_config.autoscaling_config
+            assert auto.max_replicas == wanted["autoscaling_config"]["max_replicas"]
+        else:
+            assert deployment.num_replicas == wanted["num_replicas"]
 
 
 def test_compose_applies_only_the_options_given() -> None:
