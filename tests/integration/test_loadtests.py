@@ -73,6 +73,9 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            "RAY_USAGE_STATS_ENABLED": "0",
            # Above the ingress's default batch of 32 images: a request this large must still fit one batch.
            "EMOTION_MAX_IMAGES_PER_REQUEST": str(BIG_REQUEST),
+           # No queueing-delay bound and a hang-guard request timeout: on a slow or shared CI machine a smoke run
+           # must not be shed or time out (shedding has its own tests), or its asserts would depend on speed.
+           "EMOTION_MAX_QUEUE_DELAY_S": "0", "EMOTION_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
            # `emotion serve` starts its own Ray whatever the environment points at (here: nothing listens there).
            "RAY_ADDRESS": "127.0.0.1:9"}  # fmt: skip
     log = tmp_path_factory.mktemp("service") / "serve.log"
