@@ -7,6 +7,7 @@ Everything about how to feed the model (labels, input tensor, preprocessing) is 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,11 +71,16 @@ class OutputSpec:
 
     ``flip_averaged``: the graph itself averages the logits of each image and its mirror image (test-time
     augmentation); informational, consumers have nothing to do.
+
+    ``temperature``: the class probabilities are ``softmax(logits / temperature)``; it must be > 0. It is fitted
+    on the validation split by ``emotion calibrate`` (temperature scaling, Guo et al. 2017: the mean
+    cross-entropy is minimised, the argmax is unchanged). A config.json without it means 1.0 (plain softmax).
     """
 
     name: str = "logits"
     meaning: Literal["logits"] = "logits"
     flip_averaged: bool = False
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class ModelContract:
             raise ContractError(f"config.json: preprocessing.std={list(self.preprocessing.std)} must be > 0")
         if self.input.height <= 0 or self.input.width <= 0:
             raise ContractError(f"config.json: input size {self.input.height}x{self.input.width} must be positive")
+        t = self.output.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+            raise ContractError(f"config.json: output.temperature={t!r} must be a finite number > 0")
 
     @property
     def num_classes(self) -> int:
@@ -129,7 +138,7 @@ class ModelContract:
                 labels=tuple(str(label) for label in data["labels"]),
                 input=InputSpec(**data.get("input", {})),
                 preprocessing=_preprocessing_from_dict(data.get("preprocessing", {})),
-                output=OutputSpec(**data.get("output", {})),
+                output=_output_from_dict(data.get("output", {})),
                 onnx_file=str(data.get("onnx_file", "model.onnx")),
                 architecture=str(data.get("architecture", "")),
             )
@@ -142,6 +151,14 @@ class ModelContract:
         path = Path(model_dir) / filename
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def _output_from_dict(data: dict[str, Any]) -> OutputSpec:
+    values = dict(data)
+    t = values.get("temperature")
+    if isinstance(t, int) and not isinstance(t, bool):
+        values["temperature"] = float(t)  # JSON writes 2.0 as 2; anything else is left to the contract's check
+    return OutputSpec(**values)
 
 
 def _preprocessing_from_dict(data: dict[str, Any]) -> Preprocessing:

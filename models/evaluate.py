@@ -5,7 +5,9 @@ imported) or a training checkpoint folder (HF ``config.json`` + ``emotion_contra
 Classes, input size and preprocessing come from the model's contract, never from the command line.
 
 For the ``test`` split, when the dataset also has a ``train`` split, the report adds the same metrics on the
-test images whose pixels do not occur in train (FER2013 has 568 such exact duplicates).
+test images whose pixels do not occur in train (FER2013 has 568 such exact duplicates). Cross-entropy and the
+expected calibration error (``ece``, 15 bins) score the probabilities as served: softmax(logits / T) with the
+contract's ``output.temperature`` T (recorded as ``temperature``).
 
     python -m models.evaluate --model models/default --split test --output runs/eval/test.json
 """
@@ -30,7 +32,10 @@ from models.predictors import load_for_contract, load_model, make_session, predi
 
 # ``preprocess`` is the old name of ``models.contract.normalise``; it and the ORT helpers stay importable from here.
 preprocess = normalise
-__all__ = ["EvaluateArguments", "evaluate", "load_for_contract", "main", "make_session", "preprocess", "write_report"]
+__all__ = [
+    "EvaluateArguments", "evaluate", "load_for_contract", "main", "make_session", "preprocess", "report_from_logits",
+    "write_report",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +74,28 @@ def evaluate(
     data = load_for_contract(data_dir, split, contract)
     logger.info("%s: %d faces of %s (%d unreadable skipped)", split, len(data), list(contract.labels), data.skipped)
     logits = predict_logits(predict, normalise(data.images, contract), batch_size)
+    return report_from_logits(
+        logits, data, contract, model={"path": str(model_dir), "kind": kind}, data_dir=data_dir, split=split,
+        batch_size=batch_size, dedup=dedup,
+    )  # fmt: skip
+
+
+def report_from_logits(
+    logits: np.ndarray,
+    data: FaceDataset,
+    contract: ModelContract,
+    *,
+    model: dict[str, Any],
+    data_dir: Path,
+    split: str,
+    batch_size: int,
+    dedup: bool = True,
+) -> dict[str, Any]:
+    """The report of ``evaluate`` from the logits of ``data`` (one split); probabilities (cross-entropy, ECE) are
+    scored at the contract's ``output.temperature``, as served. ``model`` holds the report's ``path`` and ``kind``."""
+    temperature = contract.output.temperature
     report: dict[str, Any] = {
-        "model": {"path": str(model_dir), "kind": kind, "name": contract.name, "version": contract.version},
+        "model": {**model, "name": contract.name, "version": contract.version},
         "dataset": {
             "path": str(data_dir),
             "split": split,
@@ -78,7 +103,7 @@ def evaluate(
             "dropped_by_class": data.dropped_by_class,
         },
         "batch_size": batch_size,
-        **classification_report(logits, data.labels, contract.labels),
+        **classification_report(logits, data.labels, contract.labels, temperature),
     }
     report["skipped_corrupt"] = data.skipped
     if dedup and split == "test":
@@ -87,7 +112,7 @@ def evaluate(
             keep = ~mask
             report["dedup"] = {
                 "excluded_in_train": int(mask.sum()),
-                **classification_report(logits[keep], data.labels[keep], contract.labels),
+                **classification_report(logits[keep], data.labels[keep], contract.labels, temperature),
             }
     return report
 

@@ -1,4 +1,5 @@
-"""Classification metrics from logits, in pure numpy: accuracy, cross-entropy, per-class P/R/F1, confusion matrix.
+"""Classification metrics from logits, in pure numpy: accuracy, cross-entropy, per-class P/R/F1, confusion matrix,
+and calibration: expected calibration error (ECE) and the temperature fit of ``softmax(logits / T)``.
 
 ``classification_report`` returns a JSON-ready dict; ``format_report`` renders it as a text table and
 ``save_confusion_png`` draws the confusion matrix (matplotlib, imported lazily, Agg backend).
@@ -22,19 +23,95 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable log-softmax over the last axis (float64)."""
-    z = np.asarray(logits, dtype=np.float64)
+ECE_BINS = 15
+# The temperature search interval: far wider than any sane calibration (a fit at an end is logged as suspicious).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable log-softmax of ``logits / temperature`` over the last axis (float64)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z = z - z.max(axis=-1, keepdims=True)
     out: np.ndarray = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
     return out
 
 
-def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean categorical cross-entropy (nats) of integer ``labels`` under softmax(``logits``)."""
-    logp = log_softmax(logits)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` over the last axis (float64): the probabilities the contract defines."""
+    out: np.ndarray = np.exp(log_softmax(logits, temperature))
+    return out
+
+
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean categorical cross-entropy (nats) of integer ``labels`` under softmax(``logits / temperature``)."""
+    logp = log_softmax(logits, temperature)
     labels = np.asarray(labels, dtype=np.int64)
     return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error with ``bins`` equal-width confidence bins (Guo et al., 2017).
+
+    A row's confidence is its largest probability and it is correct when that class (the first maximum) is its
+    label; bin ``b`` holds the confidences in ``(b / bins, (b + 1) / bins]`` (the first bin also holds 0).
+    ECE = sum over bins of ``n_b / N * |accuracy_b - mean confidence_b|``.
+
+    >>> round(expected_calibration_error(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1])), 6)  # .1/2 + .6/2
+    0.35
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0] or probs.shape[0] == 0:
+        raise ValueError(f"need [N, C] probabilities and N labels, N > 0; got {probs.shape} and {labels.shape}")
+    if bins < 1:
+        raise ValueError(f"bins={bins} must be >= 1")
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    gap = np.bincount(which, weights=correct - confidence, minlength=bins)  # per bin: n_b * (acc_b - conf_b)
+    return float(np.abs(gap).sum() / len(labels))
+
+
+def fit_temperature(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    tol: float = 1e-7,
+) -> float:
+    """The temperature ``T`` in ``bounds`` minimising the mean cross-entropy of softmax(``logits / T``).
+
+    Golden-section search over ``log T``. The loss is convex in ``1 / T`` (a log-sum-exp minus a linear term),
+    hence unimodal in ``log T``, so the search cannot stop in a local minimum; it stops when the bracket is
+    narrower than ``tol`` in ``log T`` (a relative precision of ``tol`` on ``T``).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if z.ndim != 2 or z.shape[0] != labels.shape[0] or z.shape[0] == 0:
+        raise ValueError(f"need [N, C] logits and N labels, N > 0; got {z.shape} and {labels.shape}")
+    low, high = bounds
+    if not 0.0 < low < high:
+        raise ValueError(f"temperature bounds {bounds} must satisfy 0 < low < high")
+
+    def loss(log_t: float) -> float:
+        return mean_cross_entropy(z, labels, float(np.exp(log_t)))
+
+    a, b = float(np.log(low)), float(np.log(high))
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > tol:
+        if fc <= fd:  # the minimum lies in [a, d]
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:  # in [c, b]
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    best = float(np.exp((a + b) / 2.0))
+    if min(best / low, high / best) < 1.0 + 1e-3:
+        logger.warning("fitted temperature %.4g is at the end of the search interval %s", best, bounds)
+    return best
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -62,17 +139,22 @@ def per_class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return precision, recall, f1, support.astype(np.int64)
 
 
-def classification_report(logits: np.ndarray, labels: np.ndarray, label_names: Sequence[str]) -> dict[str, Any]:
+def classification_report(
+    logits: np.ndarray, labels: np.ndarray, label_names: Sequence[str], temperature: float = 1.0
+) -> dict[str, Any]:
     """Every metric of one evaluation, JSON-ready.
 
     Args:
         logits: ``[N, C]`` unnormalised class scores.
         labels: ``[N]`` integer class indices into ``label_names``.
         label_names: the C class names, in logit order.
+        temperature: the probabilities scored are softmax(``logits / temperature``) (the model contract's
+            ``output.temperature``); accuracy and the per-class scores do not depend on it.
 
     Returns:
-        ``{"n", "accuracy", "mean_cross_entropy", "macro_f1", "per_class": {name: {precision, recall, f1,
-        support}}, "confusion_matrix": [[...]], "labels": [...]}``.
+        ``{"n", "accuracy", "mean_cross_entropy", "macro_f1", "temperature", "ece", "per_class": {name:
+        {precision, recall, f1, support}}, "confusion_matrix": [[...]], "labels": [...]}``; ``ece`` is the
+        top-label expected calibration error with ``ECE_BINS`` bins.
 
     >>> r = classification_report(np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 0]), ["a", "b"])
     >>> r["accuracy"], r["confusion_matrix"]
@@ -97,8 +179,10 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, label_names: S
     return {
         "n": int(labels.shape[0]),
         "accuracy": accuracy(predictions, labels),
-        "mean_cross_entropy": mean_cross_entropy(logits, labels),
+        "mean_cross_entropy": mean_cross_entropy(logits, labels, temperature),
         "macro_f1": float(f1.mean()),
+        "temperature": float(temperature),
+        "ece": expected_calibration_error(softmax(logits, temperature), labels),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -118,10 +202,13 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     names = list(report["labels"])
     width = max(10, *(len(n) + 2 for n in names))
     lines = [title] if title else []
-    lines.append(
+    headline = (
         f"n={report['n']}  accuracy={report['accuracy']:.4f}  macro_f1={report['macro_f1']:.4f}  "
         f"mean_ce={report['mean_cross_entropy']:.4f}"
     )
+    if "ece" in report:
+        headline += f"  ece={report['ece']:.4f}  (temperature {report.get('temperature', 1.0):.4g})"
+    lines.append(headline)
     lines.append(f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name in names:
         s = report["per_class"][name]
@@ -177,6 +264,7 @@ class MetricsArguments:
     label_names: tuple[str, ...]
     output: Path | None = None
     png: Path | None = None
+    temperature: float = 1.0
 
 
 def _parse(argv: list[str] | None) -> MetricsArguments:
@@ -186,15 +274,18 @@ def _parse(argv: list[str] | None) -> MetricsArguments:
     parser.add_argument("--label-names", required=True, help="comma-separated class names in logit order")
     parser.add_argument("--output", type=Path, default=None, help="write the report JSON here")
     parser.add_argument("--png", type=Path, default=None, help="write the confusion-matrix PNG here")
+    parser.add_argument("--temperature", type=float, default=1.0, help="score softmax(logits / T) (default: 1)")
     ns = parser.parse_args(argv)
+    if not ns.temperature > 0:
+        parser.error(f"--temperature={ns.temperature} must be > 0")
     names = tuple(s.strip() for s in ns.label_names.split(",") if s.strip())
-    return MetricsArguments(ns.logits, ns.labels, names, ns.output, ns.png)
+    return MetricsArguments(ns.logits, ns.labels, names, ns.output, ns.png, ns.temperature)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse(argv)
-    report = classification_report(np.load(args.logits), np.load(args.labels), args.label_names)
+    report = classification_report(np.load(args.logits), np.load(args.labels), args.label_names, args.temperature)
     if args.output is not None:
         args.output.write_text(json.dumps(report, indent=2) + "\n")
         logger.info("wrote %s", args.output)

@@ -2,8 +2,9 @@
 
 An ONNX model folder (``config.json`` + the ONNX file) runs in onnxruntime; a training checkpoint folder (HF
 ``config.json`` + ``emotion_contract.json``, or a comma list of such folders: their ensemble) runs in PyTorch,
-which is imported only on that path. ``evaluate``, ``export`` and ``quantize`` all take their sessions, models
-and contract-sized faces from here; the preprocessing itself is ``models.contract.normalise``.
+which is imported only on that path. ``evaluate``, ``export``, ``quantize`` and ``calibrate`` all take their
+sessions, models and contract-sized faces (and the validation split) from here; the preprocessing itself is
+``models.contract.normalise``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from models.contract import (
     check_onnx_matches,
     load_contract,
 )
-from models.data import FaceDataset, load_split
+from models.data import FaceDataset, load_split, stratified_split
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -39,6 +40,14 @@ def load_for_contract(data_dir: Path, split: str, contract: ModelContract, *, al
         size=(contract.input.height, contract.input.width),
         resize=contract.preprocessing.resize,
     )
+
+
+def validation_split(data_dir: Path, contract: ModelContract, val_fraction: float = 0.1, seed: int = 42) -> FaceDataset:
+    """The training run's validation faces: ``stratified_split`` of ``train`` with the same fraction and seed
+    (``emotion train``'s ``--val-fraction`` / ``--split-seed``); quantization and calibration both use it."""
+    train = load_for_contract(data_dir, "train", contract)
+    _, val_idx = stratified_split(train.labels, val_fraction, seed)
+    return train.subset(val_idx)
 
 
 def make_session(onnx_path: Path, threads: int = 1) -> Any:
@@ -106,7 +115,9 @@ def load_checkpoint(checkpoint: Path | str) -> tuple[Any, ModelContract]:
                                                                          first.preprocessing):
             raise ContractError(f"checkpoint {d!r}: its labels/input/preprocessing differ from {dirs[0]!r}'s")
     members = "; ".join(contract.architecture for _, contract in loaded)
-    contract = replace(first, architecture=f"ensemble of {len(loaded)} students, mean logits: {members}")
+    # The mean logits are a new function: no member's temperature applies to them (emotion calibrate fits one).
+    contract = replace(first, architecture=f"ensemble of {len(loaded)} students, mean logits: {members}",
+                       output=replace(first.output, temperature=1.0))
     return StudentEnsemble([model for model, _ in loaded]).eval(), contract
 
 

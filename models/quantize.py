@@ -17,6 +17,10 @@ is the most accurate batch-invariant int8 variant at most 1/``--min-compression`
 (within ``--accuracy-tolerance``) going to the fastest at batch 1; its folder gets ``model.onnx``, ``config.json``,
 ``metrics.json`` (test split) and ``quantization.{json,md}``.
 
+The shipped ``config.json`` is the fp32 folder's contract with the new file name: its ``output.temperature`` is
+carried over unchanged (int8 logits stay within a few hundredths of fp32's). ``emotion calibrate`` on the shipped
+folder fits the int8 file's own temperature.
+
     python -m models.quantize --model runs/vit/onnx-fp32 --output models/default --test
 """
 
@@ -37,10 +41,10 @@ import numpy as np
 
 from models.cli_args import parse_arguments
 from models.contract import CONFIG_FILE, METRICS_FILE, ContractError, ModelContract, load_contract, normalise
-from models.data import DatasetError, FaceDataset, default_fer_dir, stratified_split
+from models.data import DatasetError, FaceDataset, default_fer_dir
 from models.evaluate import evaluate
 from models.metrics import classification_report
-from models.predictors import load_for_contract, onnx_predictor, predict_logits
+from models.predictors import onnx_predictor, predict_logits, validation_split
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +95,6 @@ class _FacesReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {self._name: batch}
-
-
-def validation_split(data_dir: Path, contract: ModelContract, val_fraction: float, seed: int) -> FaceDataset:
-    """The training run's validation faces: ``stratified_split`` of ``train`` with the same fraction and seed."""
-    train = load_for_contract(data_dir, "train", contract)
-    _, val_idx = stratified_split(train.labels, val_fraction, seed)
-    return train.subset(val_idx)
 
 
 def build_variant(variant: str, prepped: Path, out: Path, contract: ModelContract, calib: np.ndarray) -> Path:
@@ -268,6 +265,7 @@ def quantize(args: QuantizeArguments) -> dict[str, Any]:
         "invariance_atol": INVARIANCE_ATOL,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()},
         "validation": {"n": len(val), "calibration_n": len(calib)},
+        "temperature": contract.output.temperature,
         "rows": rows,
     }
     table = format_table(rows, chosen["variant"])
@@ -292,6 +290,7 @@ def _ship(onnx_path: Path, contract: ModelContract, variant: str, args: Quantize
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_path, out / "model.onnx")
     architecture = f"{contract.architecture}; int8 {variant}".lstrip("; ")
+    # The temperature is carried over from the fp32 contract (emotion calibrate refits it on the shipped file).
     replace(contract, onnx_file="model.onnx", architecture=architecture).save(out)
     try:
         report = evaluate(out, args.data_dir, "test", batch_size=args.batch_size, threads=args.threads)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate an ONNX model on a test split", "models.evaluate:main"),
     "export": ("export a trained checkpoint to ONNX", "models.export:main"),
     "quantize": ("quantize an ONNX model to int8", "models.quantize:main"),
+    "calibrate": ("fit the probabilities' temperature on the validation split", "models.calibrate:main"),
 }
 
 

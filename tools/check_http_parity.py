@@ -2,9 +2,10 @@
 
     python tools/check_http_parity.py --url http://127.0.0.1:8000 [--data ../shared/data/fer2013/test.parquet]
 
-Prints how many HTTP answers equal the in-process ones on the same bytes, and the HTTP accuracy next to the
-accuracy in the bundled metrics.json. Exit code 1 on any mismatch. (The CI suite checks 300 images; this is the
-full 3,979-image run.)
+Prints how many HTTP answers equal the in-process ones on the same bytes (the same label, and probabilities within
+1e-6: both sides apply the contract's ``output.temperature``), and the HTTP accuracy next to the accuracy in the
+bundled metrics.json. Exit code 1 on any mismatch. (The CI suite checks 300 images; this is the full 3,979-image
+run.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from models.data import default_fer_dir
 from serve.core.imaging import decode_image
 from serve.core.inference import OnnxClassifier
 
+PROBABILITY_ATOL = 1e-6
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,21 +40,32 @@ def main(argv: list[str] | None = None) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     http_labels: list[str] = []
     local_labels: list[str] = []
+    close: list[bool] = []
+    worst = 0.0
     with httpx.Client(base_url=args.url, timeout=60, headers=headers) as client:
         for start in range(0, len(rows), args.chunk):
             chunk = rows[start : start + args.chunk]
             files = [("files", (f"{i}.jpg", data, "image/jpeg")) for i, (data, _) in enumerate(chunk)]
             response = client.post("/v1/classify/batch", files=files)
             response.raise_for_status()
-            http_labels += [item.get("label", "<error>") for item in response.json()["results"]]
+            results = response.json()["results"]
+            http_labels += [item.get("label", "<error>") for item in results]
             faces = np.stack([decode_image(data, clf.contract, max_pixels=10**7) for data, _ in chunk])
-            local_labels += [clf.labels[k] for k in clf.predict_proba(faces).argmax(1)]
+            probs = clf.predict_proba(faces)
+            local_labels += [clf.labels[k] for k in probs.argmax(1)]
+            for item, row in zip(results, probs, strict=True):
+                got = item.get("probabilities") or {}
+                diff = max((abs(float(got[k]) - float(p)) for k, p in zip(clf.labels, row, strict=True) if k in got),
+                           default=float("inf"))  # fmt: skip
+                worst = max(worst, diff)
+                close.append(set(got) == set(clf.labels) and diff <= PROBABILITY_ATOL)
     truth = [label for _, label in rows]
-    same = sum(a == b for a, b in zip(http_labels, local_labels, strict=True))
+    same = sum(a == b and ok for a, b, ok in zip(http_labels, local_labels, close, strict=True))
     accuracy = float(np.mean([a == b for a, b in zip(http_labels, truth, strict=True)]))
     card = (load_metrics(args.model_dir) or {}).get("accuracy")
-    sys.stdout.write(f"n={len(rows)} http==in-process {same}/{len(rows)}; http accuracy {accuracy:.4f}; "
-                     f"metrics.json accuracy {card}\n")
+    sys.stdout.write(f"n={len(rows)} http==in-process {same}/{len(rows)} (max |probability diff| {worst:.1e}, "
+                     f"temperature {clf.contract.output.temperature:g}); http accuracy {accuracy:.4f}; "
+                     f"metrics.json accuracy {card}\n")  # fmt: skip
     return 0 if same == len(rows) else 1
 
 

@@ -1,8 +1,10 @@
 """Independent check of a model folder's test accuracy: imports nothing from this project.
 
 Reads only ``<model>/config.json``, the ONNX file it names and ``<data>/test.parquet``; keeps the rows whose label
-is one of the contract's labels, preprocesses as the contract says, and prints accuracy and macro-F1. Its numbers
-must equal ``models.evaluate``'s; a disagreement means one of the two reads the contract wrongly.
+is one of the contract's labels, preprocesses as the contract says, and prints accuracy, macro-F1, the temperature
+(``output.temperature``, 1.0 when absent) and the top-label expected calibration error (15 equal-width bins) of
+``softmax(logits / temperature)``. Its numbers must equal ``models.evaluate``'s; a disagreement means one of the two
+reads the contract wrongly.
 
     python tools/check_model.py --model models/default --data ../shared/data/fer2013/test.parquet
 """
@@ -79,6 +81,22 @@ def accuracy_and_macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> tuple[floa
     return float(np.mean(pred == y)), float(np.mean(f1s))
 
 
+def calibration_error(logits: np.ndarray, y: np.ndarray, temperature: float, bins: int = 15) -> float:
+    """Top-label ECE of softmax(logits / temperature): bins (k/bins, (k+1)/bins], weighted |accuracy - confidence|."""
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    conf, hit = p.max(axis=1), (p.argmax(axis=1) == y)
+    total = 0.0
+    for k in range(bins):
+        lo, hi = k / bins, (k + 1) / bins
+        inside = (conf > lo) & (conf <= hi) if k else conf <= hi
+        if inside.any():
+            total += float(inside.sum()) / len(y) * abs(float(hit[inside].mean()) - float(conf[inside].mean()))
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         [session.run([fetch], {feed: x[i : i + args.batch_size]})[0] for i in range(0, len(x), args.batch_size)]
     )
     acc, macro_f1 = accuracy_and_macro_f1(y, logits.argmax(axis=1), len(labels))
+    temperature = float(cfg.get("output", {}).get("temperature", 1.0))
+    ece = calibration_error(np.asarray(logits), y, temperature)
     logger.info("scored %d faces of %s", len(y), labels)
-    sys.stdout.write(f"n={len(y)} accuracy={acc:.6f} macro_f1={macro_f1:.6f}\n")
+    sys.stdout.write(
+        f"n={len(y)} accuracy={acc:.6f} macro_f1={macro_f1:.6f} temperature={temperature:g} ece={ece:.6f}\n"
+    )
     return 0
 
 

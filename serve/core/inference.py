@@ -1,5 +1,8 @@
 """Pure inference: normalise a uint8 batch per the model contract, run onnxruntime, softmax, label mapping.
 
+The probabilities are ``softmax(logits / T)`` with the contract's calibrated ``output.temperature`` T
+(``emotion calibrate`` fits it on the validation split); the top label is the argmax of the logits either way.
+
 ``OnnxClassifier`` is shared by the model deployment and ``emotion predict``, so the service and the in-process
 CLI compute the same numbers from the same pixels.
 """
@@ -31,9 +34,9 @@ class Prediction:
         return {"label": self.label, "probabilities": self.probabilities}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 for stable probabilities, returned as float32."""
-    z = logits.astype(np.float64)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise ``softmax(logits / temperature)`` in float64 for stable probabilities, returned as float32."""
+    z = logits.astype(np.float64) / float(temperature)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     probs: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -112,7 +115,7 @@ class OnnxClassifier:
         return self.contract.labels
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 images ``[N, H, W(, C)]`` -> float32 probabilities ``[N, num_classes]``."""
+        """uint8 images ``[N, H, W(, C)]`` -> float32 probabilities ``[N, num_classes]`` (temperature applied)."""
         x = normalise(batch, self.contract)
         if not len(x):
             return self._run_rows(x)
@@ -131,7 +134,7 @@ class OnnxClassifier:
 
     def _probs(self, x: np.ndarray) -> np.ndarray:
         (logits,) = self._session.run([self.contract.output.name], {self.contract.input.name: x})
-        return softmax(np.asarray(logits))
+        return softmax(np.asarray(logits), self.contract.output.temperature)
 
     def is_batch_invariant(self, n: int = 4, atol: float = 1e-6) -> bool:
         """True when rows computed together equal rows computed alone (seeded random images)."""

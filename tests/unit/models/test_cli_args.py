@@ -87,6 +87,11 @@ def test_commands_keep_their_documented_flags() -> None:
     assert q.test and q.threads == 2 and q.variants == VARIANTS and q.min_compression == 3.5
     q = parse_arguments(QuantizeArguments, ["--model", "a", "--output", "b", "--variants", "static"], prog="q")
     assert q.variants == ("static",)
+    from models.calibrate import CalibrateArguments
+
+    c = parse_arguments(CalibrateArguments, ["--model", "m", "--data-dir", "d", "--threads", "2"], prog="c")
+    assert (c.model, c.data_dir, c.threads, c.val_fraction, c.seed, c.batch_size) == (Path("m"), Path("d"), 2, 0.1,
+                                                                                       42, 64)  # fmt: skip
 
 
 @pytest.mark.train
@@ -105,6 +110,7 @@ def test_the_train_and_export_flags_parse() -> None:
     assert (str(e.checkpoint), e.flip_average, e.data_dir, e.atol) == ("a,b", False, None, 1e-4)
 
 
-def test_evaluate_and_quantize_import_without_torch() -> None:
-    code = "import sys, models.evaluate, models.quantize; assert 'torch' not in sys.modules, 'torch was imported'"
+def test_evaluate_quantize_and_calibrate_import_without_torch() -> None:
+    code = ("import sys, models.evaluate, models.quantize, models.calibrate; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import typing
 from dataclasses import replace
@@ -19,6 +20,7 @@ from models.contract import (
     ContractError,
     InputSpec,
     ModelContract,
+    OutputSpec,
     Preprocessing,
     ResizeMethod,
     check_onnx_matches,
@@ -94,6 +96,34 @@ def test_missing_folder_config_or_onnx_file(tmp_path: Path) -> None:
 def test_inconsistent_contracts_are_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ContractError, match=message):
         contract(**changes)
+
+
+def test_temperature_round_trips_and_defaults_to_one(tmp_path: Path) -> None:
+    calibrated = contract(output=OutputSpec(flip_averaged=True, temperature=1.37))
+    calibrated.save(tmp_path)
+    written = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert written["output"]["temperature"] == 1.37
+    assert load_contract(tmp_path, require_onnx=False) == calibrated
+    # An old config.json without the key means plain softmax; an integer in JSON is a float temperature.
+    del written["output"]["temperature"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(written))
+    assert load_contract(tmp_path, require_onnx=False).output.temperature == 1.0
+    written["output"]["temperature"] = 2
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(written))
+    loaded = load_contract(tmp_path, require_onnx=False).output.temperature
+    assert loaded == 2.0 and isinstance(loaded, float)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan"), "2", None, True])
+def test_a_temperature_that_is_not_a_positive_number_is_refused(temperature: Any, tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match=r"output\.temperature"):
+        contract(output=OutputSpec(temperature=temperature))
+    data = contract().to_dict()
+    data["output"]["temperature"] = temperature
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))  # NaN and Infinity as JSON's usual extensions
+    with pytest.raises(ContractError, match=r"output\.temperature") as exc:
+        load_contract(tmp_path, require_onnx=False)
+    assert CONFIG_FILE in str(exc.value)
 
 
 def test_every_allowed_resize_name_has_a_pillow_filter() -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.contract import ContractError, InputSpec, ModelContract, OutputSpec
+from models.contract import ContractError, InputSpec, ModelContract, OutputSpec, load_contract, normalise
 from models.data import DatasetError
 from models.evaluate import evaluate, main
+from models.metrics import expected_calibration_error, mean_cross_entropy, softmax
+from models.predictors import load_for_contract, onnx_predictor
 
 REPO = Path(__file__).resolve().parents[3]
 LINEAR = Callable[..., Path]
@@ -31,10 +33,28 @@ def test_report_contents(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) ->
     assert r["skipped_corrupt"] == 0 and r["dataset"]["dropped_by_class"] == {"fear": 10}
     assert np.asarray(r["confusion_matrix"]).sum() == 33
     assert set(r["per_class"]["sad"]) == {"precision", "recall", "f1", "support"}
-    assert {"accuracy", "mean_cross_entropy", "macro_f1"} <= set(r)
+    assert {"accuracy", "mean_cross_entropy", "macro_f1", "ece", "temperature"} <= set(r)
+    assert r["temperature"] == 1.0 and 0.0 <= r["ece"] <= 1.0 and "ece" in r["dedup"]
     assert r["dedup"]["excluded_in_train"] == 3 and r["dedup"]["n"] == 30
     assert evaluate(folder, fer_like, "test", batch_size=64)["accuracy"] == r["accuracy"]
     assert "dedup" not in evaluate(folder, fer_like, "train")
+
+
+def test_probabilities_are_scored_at_the_contract_temperature(
+    fer_like: Path, linear_onnx: LINEAR, tmp_path: Path
+) -> None:
+    folder = linear_onnx(tmp_path / "m", contract48(), seed=2)
+    contract = load_contract(folder)
+    data = load_for_contract(fer_like, "test", contract)
+    logits = onnx_predictor(folder, contract)(normalise(data.images, contract))
+    plain = evaluate(folder, fer_like, "test")
+    replace(contract, output=OutputSpec(temperature=0.25)).save(folder)
+    sharp = evaluate(folder, fer_like, "test")
+    assert sharp["temperature"] == 0.25 and sharp["accuracy"] == plain["accuracy"]
+    assert sharp["mean_cross_entropy"] == pytest.approx(mean_cross_entropy(logits, data.labels, 0.25))
+    assert sharp["ece"] == pytest.approx(expected_calibration_error(softmax(logits, 0.25), data.labels))
+    assert plain["ece"] == pytest.approx(expected_calibration_error(softmax(logits), data.labels))
+    assert sharp["ece"] != pytest.approx(plain["ece"])
 
 
 def test_main_writes_json_and_png(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
@@ -87,9 +107,13 @@ def test_onnx_path_never_imports_torch(fer_like: Path, linear_onnx: LINEAR, tmp_
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
 
 
-def test_check_model_reproduces_evaluate(fer_like: Path, linear_onnx: LINEAR, tmp_path: Path) -> None:
-    folder = linear_onnx(tmp_path / "m", contract48(), seed=5)
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_check_model_reproduces_evaluate(
+    temperature: float, fer_like: Path, linear_onnx: LINEAR, tmp_path: Path
+) -> None:
+    folder = linear_onnx(tmp_path / "m", replace(contract48(), output=OutputSpec(temperature=temperature)), seed=5)
     r = evaluate(folder, fer_like, "test", dedup=False)
+    assert r["temperature"] == temperature
     out = subprocess.run(
         [
             sys.executable,
@@ -103,4 +127,7 @@ def test_check_model_reproduces_evaluate(fer_like: Path, linear_onnx: LINEAR, tm
         capture_output=True,
         text=True,
     ).stdout
-    assert out.strip() == f"n={r['n']} accuracy={r['accuracy']:.6f} macro_f1={r['macro_f1']:.6f}"
+    assert out.strip() == (
+        f"n={r['n']} accuracy={r['accuracy']:.6f} macro_f1={r['macro_f1']:.6f} "
+        f"temperature={temperature:g} ece={r['ece']:.6f}"
+    )

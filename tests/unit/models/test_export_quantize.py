@@ -154,3 +154,21 @@ def test_ensemble_of_checkpoints_exports_as_one_graph(micro_checkpoint: Path, tm
     replace(contract, input=replace(contract.input, height=24, width=24)).save(smaller, CHECKPOINT_CONTRACT_FILE)
     with pytest.raises(ContractError, match=r"smaller.*differ"):
         load_checkpoint(f"{micro_checkpoint},{smaller}")
+
+
+def test_export_carries_a_checkpoint_temperature_but_an_ensemble_starts_at_one(
+    micro_checkpoint: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(micro_checkpoint, calibrated)
+    contract = load_contract(calibrated, CHECKPOINT_CONTRACT_FILE, require_onnx=False)
+    replace(contract, output=replace(contract.output, temperature=1.8)).save(calibrated, CHECKPOINT_CONTRACT_FILE)
+    assert load_checkpoint(calibrated)[1].output.temperature == 1.8
+    from models.export import ExportArguments, export
+
+    export(ExportArguments(checkpoint=calibrated, output=tmp_path / "onnx", flip_average=False))
+    assert load_contract(tmp_path / "onnx").output.temperature == 1.8
+    # The mean logits of an ensemble are a new function: no member's temperature is carried to it.
+    assert load_checkpoint(f"{calibrated},{calibrated}")[1].output.temperature == 1.0

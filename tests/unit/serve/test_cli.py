@@ -33,6 +33,25 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"  {name} " in out
 
 
+def test_every_command_target_resolves() -> None:
+    import importlib
+
+    assert cli.COMMANDS["calibrate"][1] == "models.calibrate:main"
+    for name, (_, target) in cli.COMMANDS.items():
+        module, _, func = target.partition(":")
+        if module.startswith(("models.train", "models.export", "client.")):
+            continue  # torch / the client extra: not part of every install
+        assert callable(getattr(importlib.import_module(module), func)), name
+
+
+def test_calibrate_dispatches_to_its_argument_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["calibrate", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: emotion calibrate") and "--model" in out and "--data-dir" in out
+
+
 @pytest.mark.parametrize("argv", [["no-such-command"], []])
 def test_unknown_or_missing_command_is_a_usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 2

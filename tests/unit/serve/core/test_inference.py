@@ -51,6 +51,49 @@ class FakeSession:
         return [x.mean(axis=(1, 2, 3))[:, None] * np.arange(self.classes, dtype=np.float32)]
 
 
+def test_softmax_divides_the_logits_by_the_temperature() -> None:
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]], dtype=np.float32)
+    hot = softmax(logits, 2.0)
+    np.testing.assert_allclose(hot, softmax(logits / 2.0), rtol=1e-6)
+    e = np.exp([1.0, 0.0, -0.5])
+    np.testing.assert_allclose(hot[0], e / e.sum(), rtol=1e-6)
+    assert hot.dtype == np.float32 and np.array_equal(hot.argmax(1), logits.argmax(1))
+    assert hot[0].max() < softmax(logits)[0].max()  # T > 1 flattens, T < 1 sharpens
+    assert softmax(logits, 0.5)[0].max() > softmax(logits)[0].max()
+
+
+def calibrated_model_dir(tmp_path: Path, temperature: float) -> Path:
+    """A copy of the bundled config.json with ``output.temperature`` set, beside a placeholder ONNX file."""
+    config = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    config["output"]["temperature"] = temperature
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / config.get("onnx_file", "model.onnx")).write_bytes(b"")  # the fake session never reads it
+    return tmp_path
+
+
+def test_probabilities_apply_the_contract_temperature(tmp_path: Path) -> None:
+    folder = calibrated_model_dir(tmp_path, 2.5)
+    clf = OnnxClassifier(folder, session_factory=lambda path, threads: FakeSession(["batch", 1, 48, 48]))
+    assert clf.contract.output.temperature == 2.5
+    x = np.random.default_rng(4).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    (logits,) = FakeSession(["batch", 1, 48, 48]).run(["logits"], {"pixel_values": normalise(x, clf.contract)})
+    probs = clf.predict_proba(x)
+    np.testing.assert_allclose(probs, softmax(logits / 2.5), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(probs, softmax(logits), atol=1e-3)  # the temperature really changed the numbers
+    assert [p.label for p in clf.predict(x)] == [clf.labels[k] for k in logits.argmax(1)]  # argmax unchanged
+
+
+def test_bundled_model_probabilities_are_its_raw_logits_at_its_temperature() -> None:
+    import onnxruntime as ort
+
+    clf = OnnxClassifier(DEFAULT_MODEL_DIR)
+    x = np.random.default_rng(8).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / clf.contract.onnx_file), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([clf.contract.output.name], {clf.contract.input.name: normalise(x, clf.contract)})
+    e = np.exp(logits.astype(np.float64) / clf.contract.output.temperature)
+    np.testing.assert_allclose(clf.predict_proba(x), e / e.sum(axis=1, keepdims=True), rtol=0, atol=1e-6)
+
+
 def test_fake_session_is_batched_when_invariant() -> None:
     fake = FakeSession(["batch", 1, 48, 48])
     clf = OnnxClassifier(DEFAULT_MODEL_DIR, session_factory=lambda path, threads: fake)
