@@ -64,9 +64,10 @@ class Classifier:
         return self.contract.labels
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """float32 ``[N, C, H, W]`` -> probabilities ``[N, classes]``."""
+        """float32 ``[N, C, H, W]`` -> probabilities ``[N, classes]``: ``softmax(logits / T)``, the contract's
+        calibrated temperature, as the service answers."""
         (logits,) = self.session.run([self.contract.output.name], {self.contract.input.name: batch})
-        return softmax(np.asarray(logits, dtype=np.float64))
+        return softmax(np.asarray(logits, dtype=np.float64) / self.contract.output.temperature)
 
     def classify(self, images: list[bytes]) -> np.ndarray:
         return self.run(np.stack([preprocess(data, self.contract) for data in images]))
