@@ -2,9 +2,15 @@
 
     emotion train --output-dir runs/default            # the 2-core CPU budget: ~30 min teacher + ~55 min student
     emotion train --output-dir runs/default            # again after an interruption: resumes from the last epoch
+    emotion train --teacher-logits runs/targets/t040.npz --distill soft   # distil from cached teacher logits
 
 The defaults fit about 90 minutes on 2 CPU cores (8 teacher epochs of ~220 s, 17 student epochs of ~190 s).
-The bundled model's recipe (a 4-teacher ensemble, 3 students, a GPU) is in models/default/MODEL_CARD.md.
+The bundled model's recipe (a 4-teacher ensemble, 3 students, a GPU) is in models/default/MODEL_CARD.md; the
+prepared GPU-lease recipe is models/recipes/gpu.sh.
+
+``--teacher-logits FILE`` (from ``emotion targets``, ``models/targets.py``) replaces the teacher by its logits
+computed once per training face: no teacher stage and no teacher pass per step. The file must hold this run's
+labels and training faces (same ``--data-dir``, ``--classes``, ``--val-fraction`` and ``--split-seed``).
 
 Every epoch is checkpointed (``<output>/<stage>/last.pt``); the best student by validation accuracy is saved
 as a transformers folder (``<output>/best``) with the model contract beside it, ready for ``emotion export``.
@@ -22,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,7 +46,7 @@ from models.architectures import (
 from models.augment import AugmentConfig
 from models.cli_args import parse_arguments
 from models.contract import CHECKPOINT_CONTRACT_FILE, InputSpec, ModelContract, Preprocessing
-from models.data import default_fer_dir, load_split, parse_classes, stratified_split
+from models.data import default_fer_dir, load_split
 from models.loop import (
     LoopConfig,
     Stage,
@@ -52,6 +58,7 @@ from models.loop import (
     steps_for,
     to_tensors,
 )
+from models.targets import CachedTargets, load_teachers, pick_device, training_split
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +97,9 @@ class TrainArgs:
         "help": "teacher targets averaged over each face and its mirror (2x teacher compute)"})
     teacher_only: bool = field(default=False, metadata={
         "help": "train the teacher stage only (members of an ensemble are trained this way, one run per seed)"})
+    teacher_logits: str | None = field(default=None, metadata={
+        "help": "an .npz of cached teacher logits from emotion targets: distil from them, no teacher runs (its "
+                "labels and faces must be this run's: same --data-dir, --classes, --val-fraction, --split-seed)"})
     teacher_lr: float = 2e-3
     teacher_weight_decay: float = 5e-4
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"prefix": "aug"})  # --aug-* flags
@@ -114,23 +124,16 @@ class TrainArgs:
             raise ValueError("--teacher-only needs a teacher: drop --distill=none")
         if self.epochs < 1:
             raise ValueError(f"--epochs={self.epochs} must be >= 1")
+        if self.teacher_logits is not None:
+            clash = [flag for flag, on in (("--teacher-checkpoint", self.teacher_checkpoint is not None),
+                                           ("--teacher-only", self.teacher_only), ("--teacher-flip", self.teacher_flip),
+                                           ("--distill=none", self.distill == "none")) if on]  # fmt: skip
+            if clash:
+                raise ValueError(f"--teacher-logits replaces the teacher; drop {', '.join(clash)} (flip-average when "
+                                 f"computing the logits: emotion targets --teacher-flip)")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- the two stages
-
-
-def load_teachers(paths: str, channels: int, classes: int, flip: bool, device: torch.device) -> nn.Module:
-    """One teacher, or the ensemble of the comma-separated state dicts in ``paths``."""
-    members: list[nn.Module] = []
-    for path in (p.strip() for p in paths.split(",") if p.strip()):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--teacher-checkpoint: {path} does not exist")
-        member = TeacherCNN(channels, classes).to(device)
-        member.load_state_dict(torch.load(path, map_location=device))
-        members.append(member.eval())
-    if len(members) == 1 and not flip:
-        return members[0]
-    return TeacherEnsemble(members, flip_average=flip).eval()
 
 
 def train_teacher(args: TrainArgs, out: Path, train: Tensors, val: Tensors, channels: int, classes: int,
@@ -160,8 +163,55 @@ def train_teacher(args: TrainArgs, out: Path, train: Tensors, val: Tensors, chan
     return TeacherEnsemble([teacher], flip_average=True).eval() if args.teacher_flip else teacher
 
 
+class _RowRecorder:
+    """The training images, remembering the rows of the last batch taken from them (``images[rows]``)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.rows: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.images.shape
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        self.rows = rows
+        return self.images[rows]
+
+
+class CachedTeacher:
+    """Cached teacher logits (``emotion targets``) standing in for a teacher: the rows of the current batch.
+
+    ``run_epochs`` draws its batches itself (``models.loop.batches`` takes ``data.x[rows]``), so ``data()`` wraps
+    the training images in a recorder of the last rows taken; each batch's labels are compared with those rows'
+    labels, so a change in how batches are drawn fails loudly instead of distilling from other faces' logits.
+    """
+
+    def __init__(self, logits: torch.Tensor, train: Tensors) -> None:
+        if logits.shape[0] != train.y.shape[0]:
+            raise ValueError(f"{logits.shape[0]} cached logits for {train.y.shape[0]} training faces")
+        self.logits, self.y = logits, train.y
+        self._recorder = _RowRecorder(train.x)
+
+    def data(self) -> Tensors:
+        """The training tensors to give ``run_epochs``: the same images and labels, batches recorded."""
+        return Tensors(cast(torch.Tensor, self._recorder), self.y)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        rows = self._recorder.rows
+        if rows is None or rows.shape[0] != y.shape[0] or not torch.equal(self.y[rows], y):
+            raise RuntimeError("cached teacher logits: the batch's rows are unknown (models.loop.batches no "
+                               "longer takes data.x[rows]?)")  # fmt: skip
+        return self.logits[rows]
+
+
 def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, contract: ModelContract,
-                  teacher: nn.Module | None, log: Callable[[dict[str, Any]], None]) -> tuple[Any, float]:
+                  teacher: nn.Module | CachedTeacher | None,
+                  log: Callable[[dict[str, Any]], None]) -> tuple[Any, float]:
     torch.manual_seed(args.seed + 1)
     student = build_student(args.preset, contract.labels, image_size=args.image_size,
                             num_channels=contract.input.channels, drop_path=args.drop_path,
@@ -185,7 +235,7 @@ def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, cont
             ce_dist = F.cross_entropy(output.distillation_logits, y, label_smoothing=args.label_smoothing)
             return 0.5 * (ce + ce_dist), output.logits
         with torch.no_grad():
-            t_logits = teacher(x)
+            t_logits = teacher(y) if isinstance(teacher, CachedTeacher) else teacher(x)
         if args.distill == "hard":
             kd = F.cross_entropy(output.distillation_logits, t_logits.argmax(1))
         else:
@@ -198,17 +248,12 @@ def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, cont
         student.save_pretrained(best_dir)
         contract.save(best_dir, CHECKPOINT_CONTRACT_FILE)
 
-    run_epochs(stage, train, val, args.loop, loss_fn, lambda x: student(pixel_values=x).logits, save_best, log)
+    data = teacher.data() if isinstance(teacher, CachedTeacher) else train
+    run_epochs(stage, data, val, args.loop, loss_fn, lambda x: student(pixel_values=x).logits, save_best, log)
     return student, stage.best_accuracy
 
 
 # ----------------------------------------------------------------------------------------------- command line
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 class RunLog:
@@ -270,13 +315,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
 
-    classes = parse_classes(args.classes)
-    full_train = load_split(args.data_dir, "train", classes, size=(args.image_size, args.image_size))
-    train_idx, val_idx = stratified_split(full_train.labels, args.val_fraction, args.split_seed)
+    split = training_split(args.data_dir, args.classes, args.image_size, args.val_fraction, args.split_seed)
+    full_train, train_idx, val_idx = split.faces, split.train_idx, split.val_idx
+    cached = None
+    if args.teacher_logits:  # checked before any training: a file of other faces or labels is refused here
+        cached = CachedTargets.load(args.teacher_logits)
+        cached.check_matches(full_train.label_names, split)
+        logger.info("teacher: cached logits of %s from %s (train accuracy %.4f)", cached.source, args.teacher_logits,
+                    cached.accuracy())  # fmt: skip
+    if args.distill == "none":
+        taught = "trained on the labels alone"
+    elif cached is not None:
+        taught = f"distilled from cached logits of {cached.source} ({args.distill})"
+    else:
+        taught = f"distilled from a CNN teacher ({args.distill})"
     contract = ModelContract(
         name=args.model_name, version=args.model_version, labels=full_train.label_names,
         input=InputSpec(channels=1, height=args.image_size, width=args.image_size), preprocessing=Preprocessing(),
-        architecture=f"{_family(args.preset)} ({args.preset}) distilled from a CNN teacher ({args.distill})",
+        architecture=f"{_family(args.preset)} ({args.preset}) {taught}",
     )
     train = to_tensors(full_train.subset(train_idx), contract.preprocessing, device)
     val = to_tensors(full_train.subset(val_idx), contract.preprocessing, device)
@@ -285,16 +341,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log = RunLog(args, out)
     teacher = None
-    if args.distill != "none":
+    if cached is not None:
+        teacher_logits = torch.from_numpy(cached.logits).to(device)
+    elif args.distill != "none":
         teacher = train_teacher(args, out, train, val, contract.input.channels, contract.num_classes, log)
     best_val = None
     if not args.teacher_only:
-        _, best_val = train_student(args, out, train, val, contract, teacher, log)
+        student_teacher = teacher if cached is None else CachedTeacher(teacher_logits, train)
+        _, best_val = train_student(args, out, train, val, contract, student_teacher, log)
 
     # Final evaluation on the held-out test split, read only now, after the last training step.
     test_ds = load_split(args.data_dir, "test", contract.labels, size=(args.image_size, args.image_size))
     test = to_tensors(test_ds, contract.preprocessing, device)
     summary: dict[str, Any] = {}
+    if cached is not None:  # no teacher to run on the test faces: what the cached logits say about train
+        summary["teacher"] = {"cached_logits": args.teacher_logits, "source": cached.meta.get("source", {}),
+                              "train_accuracy": cached.accuracy(), "val_accuracy": cached.meta.get("val_accuracy")}
     if teacher is not None:
         logits = predict_logits(teacher, test)  # a --teacher-only run reports its teacher
         summary["teacher_test_accuracy"] = evaluate_logits(logits, test.y)["accuracy"]

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate an ONNX model on a test split", "models.evaluate:main"),
     "export": ("export a trained checkpoint to ONNX", "models.export:main"),
     "quantize": ("quantize an ONNX model to int8", "models.quantize:main"),
+    "targets": ("cache a teacher's logits of every training face (emotion train --teacher-logits)",
+                "models.targets:main"),
     "calibrate": ("fit the probabilities' temperature on the validation split", "models.calibrate:main"),
 }
 
@@ -85,7 +87,9 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"ready: {url}  (API docs {url}/docs, metrics on port {settings.metrics_export_port}); Ctrl-C stops",
               flush=True)  # fmt: skip
         while not stop.wait(0.5):
-            pass
+            if not local.ray_alive():  # Ray's GCS or raylet died under us: nothing left to serve
+                print("emotion serve: Ray stopped under the service; shutting down", file=sys.stderr, flush=True)
+                return 1
         print("shutting down ...", flush=True)
         return 0
     except (SettingsError, ServeConfigError, ContractError, local.StartupError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve.core.tracking import FaceTracker
+from serve.core.tracking import FaceTracker, track_faces
 
 
 def test_ids_stay_stable_while_faces_move_a_little() -> None:
@@ -41,6 +41,23 @@ def test_probabilities_are_smoothed_over_the_window() -> None:
     assert third.smoothed is not None
     np.testing.assert_allclose(third.smoothed, [0.0, 1.0])
     assert tracker.update([(0, 0, 50, 50)])[0].smoothed is not None
+
+
+def test_track_faces_smooths_any_number_of_labels() -> None:
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+    def face(top: str) -> dict[str, object]:
+        probs = {label: (0.7 if label == top else 0.05) for label in labels}
+        return {"box": [0.0, 0.0, 50.0, 50.0], "label": top, "probabilities": probs}
+
+    tracker = FaceTracker(window=3)
+    frames = [[face("neutral")], [face("surprise")], [face("neutral")]]
+    for faces in frames:
+        track_faces(tracker, faces, labels)
+    assert [f[0]["track_id"] for f in frames] == [1, 1, 1]
+    assert [f[0]["smoothed_label"] for f in frames] == ["neutral", "surprise", "neutral"]  # ties: first maximum
+    np.testing.assert_allclose(tracker.tracks[0].smoothed().sum(), 1.0)
+    assert tracker.tracks[0].smoothed().shape == (7,)
 
 
 def test_bad_settings_fail_fast() -> None:
