@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: serve test lint fuzz rayservice clean-venv
+.PHONY: serve test lint fuzz rayservice image clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ fuzz: $(VENV)/.dev-installed
 
 rayservice:
 	$(BIN)/python deploy/render_rayservice.py
+
+# The container image deploy/rayservice.yaml names (root, podman + debootstrap; docs/operations.md).
+image:
+	deploy/image/build.sh
 
 clean-venv:
 	rm -rf $(VENV)
