@@ -38,10 +38,12 @@ class FrameAnalyzer:
         contract: the model contract (how to crop).
         detector: any FaceDetector (the service uses CenterFaceDetector).
         max_pixels: largest accepted frame (width x height).
+        align: cut faces that have landmarks by ``detection.align`` (the service's behaviour); False = box crops
+            only (the measurement tools compare both: reports/real_photos/README.md).
     """
 
-    def __init__(self, contract: ModelContract, detector: FaceDetector, max_pixels: int) -> None:
-        self.contract, self.detector, self.max_pixels = contract, detector, max_pixels
+    def __init__(self, contract: ModelContract, detector: FaceDetector, max_pixels: int, align: bool = True) -> None:
+        self.contract, self.detector, self.max_pixels, self.align = contract, detector, max_pixels, align
 
     def prepare(self, data: bytes) -> tuple[FrameFaces, np.ndarray]:
         """Raises EmptyBody, InvalidImage or ImageTooLarge for a bad frame."""
@@ -56,7 +58,9 @@ class FrameAnalyzer:
         faces = self.detector.detect(rgb)
         detect_ms = (time.perf_counter() - start) * 1000.0
         boxes = np.asarray([f.box for f in faces], dtype=np.float32).reshape(-1, 4)
-        crops = crop_faces(image if image is not None else Image.fromarray(rgb), boxes.tolist(), self.contract)
+        landmarks = [f.landmarks for f in faces] if self.align else None
+        pil = image if image is not None else Image.fromarray(rgb)
+        crops = crop_faces(pil, boxes.tolist(), self.contract, landmarks)
         scores = np.asarray([f.score for f in faces], dtype=np.float32)
         height, width = rgb.shape[:2]
         return FrameFaces(width, height, boxes, scores, detect_ms=detect_ms), crops

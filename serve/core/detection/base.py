@@ -7,13 +7,23 @@ from typing import Protocol
 
 import numpy as np
 
+Point = tuple[float, float]
+# The five landmarks, in this order, as CenterFace (and RetinaFace, MTCNN) return them. "Left" is the image's left:
+# the person's right eye for a frontal face.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face: ``box`` is ``(x, y, w, h)`` in pixels of the original (EXIF-upright) image."""
+    """One detected face: ``box`` is ``(x, y, w, h)`` in pixels of the original (EXIF-upright) image.
+
+    ``landmarks``: the five points of ``LANDMARK_NAMES`` as ``(x, y)`` in the same pixels, or None when the
+    detector gives none.
+    """
 
     box: tuple[float, float, float, float]
     score: float
+    landmarks: tuple[Point, Point, Point, Point, Point] | None = None
 
 
 class FaceDetector(Protocol):

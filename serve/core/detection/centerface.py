@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from serve.core.detection.base import DetectorConfig, Face, select_faces
+from serve.core.detection.base import DetectorConfig, Face, Point, select_faces
 from serve.core.detection.boxes import clip_boxes, nms
 
 _INPUT = "input.1"
 _OUTPUTS = ("537", "538", "539", "540")  # heatmap, log-scale (h, w), offset (y, x), landmarks
 _STRIDE = 4
+_MIRROR = (1, 0, 2, 4, 3)  # landmark j of a mirrored face is landmark _MIRROR[j] of the face
 
 
 def bundled_model_path() -> Path:
@@ -60,15 +61,46 @@ def input_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(32, round(width * scale / 32) * 32), max(32, round(height * scale / 32) * 32)
 
 
-def decode(heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """CenterFace maps of one image (``[h, w]``, ``[2, h, w]``, ``[2, h, w]``) -> xywh boxes in input pixels, scores."""
+def decode(
+    heat: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CenterFace maps of one image -> xywh boxes in input pixels, scores, and the five landmarks of each box.
+
+    Args:
+        heat, scale, offset: ``[h, w]``, ``[2, h, w]`` (log height, log width), ``[2, h, w]`` (y, x).
+        landmarks: ``[10, h, w]``: for point j, channel ``2j`` is its y and ``2j + 1`` its x, as fractions of the
+            box height / width from the box's top-left corner (the CenterFace reference decoding).
+        threshold: minimum heatmap score.
+
+    Returns:
+        boxes ``[N, 4]``, scores ``[N]`` and points ``[N, 5, 2]`` (x, y) in input pixels.
+    """
     ys, xs = np.nonzero(heat > threshold)
     bh = np.exp(scale[0, ys, xs]) * _STRIDE
     bw = np.exp(scale[1, ys, xs]) * _STRIDE
     cy = (ys + offset[0, ys, xs] + 0.5) * _STRIDE
     cx = (xs + offset[1, ys, xs] + 0.5) * _STRIDE
     boxes = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1).astype(np.float64)
-    return boxes, heat[ys, xs].astype(np.float64)
+    px = landmarks[1::2, ys, xs].T * bw[:, None] + boxes[:, :1]
+    py = landmarks[0::2, ys, xs].T * bh[:, None] + boxes[:, 1:2]
+    points = np.stack([px, py], axis=2).astype(np.float64).reshape(-1, 5, 2)
+    return boxes, heat[ys, xs].astype(np.float64), points
+
+
+def mirror_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """The ``[10, h, w]`` landmark map of a mirrored pass, mirrored back: cells flipped, x fractions ``1 - x``, and
+    the left/right points swapped (eyes, mouth corners)."""
+    flipped = landmarks[:, :, ::-1]
+    out = np.empty_like(flipped)
+    for j, src in enumerate(_MIRROR):
+        out[2 * j] = flipped[2 * src]
+        out[2 * j + 1] = 1.0 - flipped[2 * src + 1]
+    return out
+
+
+def _five(points: list[list[float]]) -> tuple[Point, Point, Point, Point, Point]:
+    a, b, c, d, e = ((float(x), float(y)) for x, y in points)
+    return a, b, c, d, e
 
 
 class CenterFaceDetector:
@@ -100,17 +132,23 @@ class CenterFaceDetector:
         x = resized.astype(np.float32).transpose(2, 0, 1)[None]
         if cfg.flip_tta:
             x = np.concatenate([x, x[..., ::-1]])
-        heat_b, scale_b, offset_b, _ = self._session.run(list(_OUTPUTS), {_INPUT: np.ascontiguousarray(x)})
-        heat, scale, offset = heat_b[0, 0], scale_b[0], offset_b[0]
+        heat_b, scale_b, offset_b, marks_b = self._session.run(list(_OUTPUTS), {_INPUT: np.ascontiguousarray(x)})
+        heat, scale, offset, marks = heat_b[0, 0], scale_b[0], offset_b[0], np.asarray(marks_b[0], np.float64)
         if cfg.flip_tta:  # mirror the second pass back and average; a mirror flips the sign of the x offset
             heat = (heat + heat_b[1, 0, :, ::-1]) / 2
             scale = (scale + scale_b[1, :, :, ::-1]) / 2
             offset = np.stack([offset[0] + offset_b[1, 0, :, ::-1], offset[1] - offset_b[1, 1, :, ::-1]]) / 2
-        boxes, scores = decode(heat, scale, offset, cfg.threshold)
+            marks = (marks + mirror_landmarks(np.asarray(marks_b[1], np.float64))) / 2
+        boxes, scores, points = decode(heat, scale, offset, marks, cfg.threshold)
         if len(boxes):
             keep = nms(boxes, scores, cfg.nms_iou)
-            boxes, scores = boxes[keep], scores[keep]
-            boxes *= [width / in_w, height / in_h, width / in_w, height / in_h]
+            boxes, scores, points = boxes[keep], scores[keep], points[keep]
+            sx, sy = width / in_w, height / in_h
+            boxes *= [sx, sy, sx, sy]
+            points *= [sx, sy]
             boxes = clip_boxes(boxes, width, height)
-        faces = [Face((b[0], b[1], b[2], b[3]), s) for b, s in zip(boxes.tolist(), scores.tolist(), strict=True)]
+        faces = [
+            Face((b[0], b[1], b[2], b[3]), s, _five(pts))
+            for b, s, pts in zip(boxes.tolist(), scores.tolist(), points.tolist(), strict=True)
+        ]
         return select_faces(faces, min_face_px=cfg.min_face_px, max_faces=cfg.max_faces)

@@ -2,7 +2,9 @@
 
 FER2013 faces are square, grey, 48x48 and include forehead and chin; the model contract says so in
 ``preprocessing.face_margin`` (fraction of the box added on every side), ``color_mode``, ``resize`` and the input
-size. Boxes stay in the original (EXIF-upright) image's pixel coordinates.
+size. A face with landmarks is cut by ``align.aligned_crop`` instead (levelled and scaled so its landmarks land
+where FER2013's do); the box crop is the fallback when there are none or they are implausible. Boxes stay in the
+original (EXIF-upright) image's pixel coordinates.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import numpy as np
 from PIL import Image
 
 from models.contract import RESAMPLING, ModelContract
+from serve.core.detection.align import face_alignment, warp
 from serve.core.imaging import open_image
+
+Landmarks = Sequence[Sequence[float]]
 
 
 def decode_frame(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -45,13 +50,20 @@ def crop_square(pixels: np.ndarray, region: tuple[int, int, int, int]) -> np.nda
     return out
 
 
-def crop_faces(image: Image.Image, boxes: Sequence[Sequence[float]], contract: ModelContract) -> np.ndarray:
+def crop_faces(
+    image: Image.Image,
+    boxes: Sequence[Sequence[float]],
+    contract: ModelContract,
+    landmarks: Sequence[Landmarks | None] | None = None,
+) -> np.ndarray:
     """Crop every face the way the training data was cropped.
 
     Args:
         image: the decoded, upright frame (any mode; converted to the contract's colour mode once).
         boxes: xywh face boxes in the frame's pixel coordinates.
         contract: the model contract (face_margin, color_mode, resize, input size).
+        landmarks: per box, its five landmarks (``base.LANDMARK_NAMES``) or None; None = box crops only. A face
+            with plausible landmarks is aligned (``align``), any other gets the box crop.
 
     Returns:
         uint8 ``[N, H, W]`` (colour mode L) or ``[N, H, W, 3]`` (RGB), ready for the model deployment.
@@ -60,10 +72,17 @@ def crop_faces(image: Image.Image, boxes: Sequence[Sequence[float]], contract: M
     shape = (spec.height, spec.width) if pre.color_mode == "L" else (spec.height, spec.width, 3)
     if not boxes:
         return np.zeros((0, *shape), dtype=np.uint8)
+    if landmarks is not None and len(landmarks) != len(boxes):
+        raise ValueError(f"{len(landmarks)} landmark sets for {len(boxes)} boxes")
     pixels = np.asarray(image.convert(pre.color_mode), dtype=np.uint8)
+    resample = RESAMPLING[pre.resize]
     out = np.empty((len(boxes), *shape), dtype=np.uint8)
     for i, box in enumerate(boxes):
+        matrix = face_alignment(landmarks[i], box, spec.width, spec.height) if landmarks is not None else None
+        if matrix is not None:
+            out[i] = warp(pixels, matrix, (spec.width, spec.height), resample)
+            continue
         face = crop_square(pixels, square_region(box, pre.face_margin))
-        resized = Image.fromarray(face).resize((spec.width, spec.height), RESAMPLING[pre.resize])
+        resized = Image.fromarray(face).resize((spec.width, spec.height), resample)
         out[i] = np.asarray(resized, dtype=np.uint8)
     return out

@@ -101,3 +101,20 @@ def test_detector_config_follows_the_settings() -> None:
     settings = load_settings(detector_threshold=0.6, detector_input_size=320, min_face_px=12, max_faces=5)
     config = detector_config(settings)
     assert (config.threshold, config.input_long_side, config.min_face_px, config.max_faces) == (0.6, 320, 12, 5)
+
+
+def test_faces_with_landmarks_are_aligned_unless_told_not_to() -> None:
+    from serve.core.detection.align import template_points
+
+    box = (20.0, 10.0, 60.0, 60.0)
+    points = template_points(48, 48) * 1.25 + [20.0, 12.0]  # a frontal face of ~60 px
+    a, b, c, d, e = ((float(x), float(y)) for x, y in points)
+    face = Face(box, 0.9, (a, b, c, d, e))
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(pixels))
+    aligned = FrameAnalyzer(CONTRACT, FakeDetector([face]), 1_000_000).prepare(data)[1]
+    boxed = FrameAnalyzer(CONTRACT, FakeDetector([face]), 1_000_000, align=False).prepare(data)[1]
+    plain = FrameAnalyzer(CONTRACT, FakeDetector([Face(box, 0.9)]), 1_000_000).prepare(data)[1]
+    assert aligned.shape == boxed.shape == (1, CONTRACT.input.height, CONTRACT.input.width)
+    assert not np.array_equal(aligned, boxed)
+    np.testing.assert_array_equal(boxed, plain)  # no landmarks: the box crop, as before

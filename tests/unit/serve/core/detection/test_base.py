@@ -23,3 +23,12 @@ def test_select_faces_applies_min_size_and_max_count() -> None:
 def test_select_faces_keeps_everything_without_limits() -> None:
     faces = [Face((0, 0, 5, 5), 0.2), Face((0, 0, 30, 30), 0.9)]
     assert [f.score for f in select_faces(faces, min_face_px=0, max_faces=10)] == [0.9, 0.2]
+
+
+def test_faces_carry_optional_landmarks_in_a_fixed_order() -> None:
+    from serve.core.detection.base import LANDMARK_NAMES
+
+    assert Face((0, 0, 1, 1), 0.5).landmarks is None
+    points = ((1.0, 2.0), (3.0, 2.0), (2.0, 3.0), (1.5, 4.0), (2.5, 4.0))
+    assert Face((0, 0, 5, 5), 0.5, points).landmarks == points
+    assert LANDMARK_NAMES == ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")

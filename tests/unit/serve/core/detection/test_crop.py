@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from models.contract import InputSpec, ModelContract, Preprocessing
+from serve.core.detection.align import template_points
 from serve.core.detection.crop import crop_faces, crop_square, decode_frame, square_region
 from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
 
@@ -74,3 +75,43 @@ def test_crop_faces_rgb_contract_and_no_faces() -> None:
     assert crops.shape == (1, 32, 32, 3)
     assert tuple(crops[0, 5, 5]) == (10, 200, 30)
     assert crop_faces(img, [], RGB).shape == (0, 32, 32, 3)
+
+
+def _face_image() -> tuple[Image.Image, list[tuple[float, float]]]:
+    """A 200x200 grey frame with a tilted 'face': two black eye dots and a black mouth dot; its landmarks."""
+    img = Image.new("RGB", (200, 200), (128, 128, 128))
+    angle, scale = np.radians(25.0), 2.5
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) * scale
+    points = template_points(48, 48) @ rot.T + [60.0, 30.0]
+    pixels = np.asarray(img).copy()
+    yy, xx = np.mgrid[0:200, 0:200]
+    for px, py in points[[0, 1, 2]]:
+        pixels[(xx + 0.5 - px) ** 2 + (yy + 0.5 - py) ** 2 <= 20] = 0
+    return Image.fromarray(pixels), [(float(x), float(y)) for x, y in points]
+
+
+def test_crop_faces_aligns_faces_that_have_landmarks() -> None:
+    img, landmarks = _face_image()
+    box = (40.0, 40.0, 110.0, 120.0)
+    boxed = crop_faces(img, [box], GREY)
+    aligned = crop_faces(img, [box], GREY, [landmarks])
+    assert aligned.shape == boxed.shape == (1, 48, 48) and aligned.dtype == np.uint8
+    assert not np.array_equal(aligned, boxed)
+    for x, y in template_points(48, 48)[:3]:  # the dots land on the template's eyes and nose
+        assert aligned[0, int(y), int(x)] < 60
+
+
+def test_crop_faces_falls_back_to_the_box_crop() -> None:
+    img, landmarks = _face_image()
+    boxes = [(40.0, 40.0, 110.0, 120.0), (10.0, 10.0, 30.0, 30.0)]
+    boxed = crop_faces(img, boxes, GREY)
+    mixed = crop_faces(img, boxes, GREY, [None, landmarks])  # no landmarks; landmarks implausible for a 30 px box
+    np.testing.assert_array_equal(mixed, boxed)
+    with pytest.raises(ValueError, match="1 landmark sets for 2 boxes"):
+        crop_faces(img, boxes, GREY, [landmarks])
+
+
+def test_crop_faces_aligns_rgb_too() -> None:
+    img, landmarks = _face_image()
+    crops = crop_faces(img, [(40.0, 40.0, 110.0, 120.0)], RGB, [landmarks])
+    assert crops.shape == (1, 32, 32, 3)
