@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from models.contract import RESAMPLING, ModelContract
-from serve.core.detection.align import face_alignment, warp
+from serve.core.detection.align import cut_region, face_alignment, warp
 from serve.core.imaging import open_image
 
 Landmarks = Sequence[Sequence[float]]
@@ -42,12 +42,7 @@ def square_region(box: Sequence[float], margin: float) -> tuple[int, int, int, i
 
 def crop_square(pixels: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
     """Cut ``region`` out of ``[H, W(, C)]`` pixels; parts outside the image repeat the edge pixels."""
-    left, top, right, bottom = region
-    height, width = pixels.shape[:2]
-    rows = np.clip(np.arange(top, bottom), 0, height - 1)
-    cols = np.clip(np.arange(left, right), 0, width - 1)
-    out: np.ndarray = pixels[rows[:, None], cols[None, :]]
-    return out
+    return cut_region(pixels, *region)
 
 
 def crop_faces(
