@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 class Tensors:
     x: torch.Tensor  # normalised float [N, C, H, W]
     y: torch.Tensor  # int64 [N]
+    # Optional per-face teacher logits [N, classes] (cached by `emotion targets`): batches slice them with x and y.
+    targets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is not None and self.targets.shape[0] != self.y.shape[0]:
+            raise ValueError(f"{self.targets.shape[0]} cached logits for {self.y.shape[0]} training faces")
 
 
 def to_tensors(ds: FaceDataset, pre: Preprocessing, device: torch.device) -> Tensors:
@@ -47,14 +53,15 @@ def to_tensors(ds: FaceDataset, pre: Preprocessing, device: torch.device) -> Ten
 
 def batches(
     data: Tensors, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None, limit: int = 0
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """``(x, y, targets)`` batches; ``targets`` is None when ``data`` carries none."""
     n = data.y.shape[0]
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for count, start in enumerate(range(0, n, batch_size)):
         if limit and count >= limit:
             return
         idx = order[start : start + batch_size].to(data.x.device)
-        yield data.x[idx], data.y[idx]
+        yield data.x[idx], data.y[idx], None if data.targets is None else data.targets[idx]
 
 
 # ----------------------------------------------------------------------------------------------- schedule and loop
@@ -74,7 +81,7 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, base_lr: float, min_
 def predict_logits(
     forward: Callable[[torch.Tensor], torch.Tensor], data: Tensors, batch_size: int = 512
 ) -> torch.Tensor:
-    return torch.cat([forward(x) for x, _ in batches(data, batch_size, shuffle=False)])
+    return torch.cat([forward(x) for x, _, _ in batches(data, batch_size, shuffle=False)])
 
 
 def evaluate_logits(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -139,12 +146,13 @@ def run_epochs(
     train: Tensors,
     val: Tensors,
     args: LoopConfig,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]],
     eval_forward: Callable[[torch.Tensor], torch.Tensor],
     on_best: Callable[[], None],
     log: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Train ``stage`` from its resume point; ``loss_fn(x, y) -> (loss, logits)`` on an augmented batch."""
+    """Train ``stage`` from its resume point; ``loss_fn(x, y, targets) -> (loss, logits)`` on an augmented batch
+    (``targets``: the batch's rows of ``train.targets``, or None)."""
     for epoch in range(stage.start_epoch, stage.epochs):
         # Seed per epoch so that a resumed run draws the same batches and augmentations as an uninterrupted one.
         generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
@@ -154,8 +162,8 @@ def run_epochs(
         bar = tqdm(batches(train, args.batch_size, shuffle=True, generator=generator, limit=total), total=total,
                    desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False, dynamic_ncols=True)
         seen, loss_sum, correct, started = 0, 0.0, 0, time.perf_counter()
-        for x, y in bar:
-            loss, logits = loss_fn(augment_batch(x, args.augment, aug_gen), y)
+        for x, y, targets in bar:
+            loss, logits = loss_fn(augment_batch(x, args.augment, aug_gen), y, targets)
             stage.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(stage.model.parameters(), 1.0)

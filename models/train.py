@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,7 +152,7 @@ def train_teacher(args: TrainArgs, out: Path, train: Tensors, val: Tensors, chan
     stage.resume()
     best_path = stage.dir / "best.pt"
 
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_fn(x: torch.Tensor, y: torch.Tensor, _targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = teacher(x)
         return F.cross_entropy(logits, y, label_smoothing=args.label_smoothing), logits
 
@@ -163,55 +163,10 @@ def train_teacher(args: TrainArgs, out: Path, train: Tensors, val: Tensors, chan
     return TeacherEnsemble([teacher], flip_average=True).eval() if args.teacher_flip else teacher
 
 
-class _RowRecorder:
-    """The training images, remembering the rows of the last batch taken from them (``images[rows]``)."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-        self.rows: torch.Tensor | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.images.shape
-
-    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        self.rows = rows
-        return self.images[rows]
-
-
-class CachedTeacher:
-    """Cached teacher logits (``emotion targets``) standing in for a teacher: the rows of the current batch.
-
-    ``run_epochs`` draws its batches itself (``models.loop.batches`` takes ``data.x[rows]``), so ``data()`` wraps
-    the training images in a recorder of the last rows taken; each batch's labels are compared with those rows'
-    labels, so a change in how batches are drawn fails loudly instead of distilling from other faces' logits.
-    """
-
-    def __init__(self, logits: torch.Tensor, train: Tensors) -> None:
-        if logits.shape[0] != train.y.shape[0]:
-            raise ValueError(f"{logits.shape[0]} cached logits for {train.y.shape[0]} training faces")
-        self.logits, self.y = logits, train.y
-        self._recorder = _RowRecorder(train.x)
-
-    def data(self) -> Tensors:
-        """The training tensors to give ``run_epochs``: the same images and labels, batches recorded."""
-        return Tensors(cast(torch.Tensor, self._recorder), self.y)
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        rows = self._recorder.rows
-        if rows is None or rows.shape[0] != y.shape[0] or not torch.equal(self.y[rows], y):
-            raise RuntimeError("cached teacher logits: the batch's rows are unknown (models.loop.batches no "
-                               "longer takes data.x[rows]?)")  # fmt: skip
-        return self.logits[rows]
-
-
 def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, contract: ModelContract,
-                  teacher: nn.Module | CachedTeacher | None,
-                  log: Callable[[dict[str, Any]], None]) -> tuple[Any, float]:
+                  teacher: nn.Module | None, log: Callable[[dict[str, Any]], None]) -> tuple[Any, float]:
+    """Train the student; it distils from ``train.targets`` (cached teacher logits) when present, else from
+    ``teacher`` run on each augmented batch, else learns the labels alone."""
     torch.manual_seed(args.seed + 1)
     student = build_student(args.preset, contract.labels, image_size=args.image_size,
                             num_channels=contract.input.channels, drop_path=args.drop_path,
@@ -227,15 +182,19 @@ def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, cont
     stage.resume()
     best_dir = out / "best"
 
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_fn(x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         output = student(pixel_values=x)
         ce = F.cross_entropy(output.cls_logits, y, label_smoothing=args.label_smoothing)
-        if teacher is None:
+        if teacher is None and targets is None:
             # Without a teacher both heads learn the labels.
             ce_dist = F.cross_entropy(output.distillation_logits, y, label_smoothing=args.label_smoothing)
             return 0.5 * (ce + ce_dist), output.logits
-        with torch.no_grad():
-            t_logits = teacher(y) if isinstance(teacher, CachedTeacher) else teacher(x)
+        if targets is not None:
+            t_logits = targets
+        else:
+            assert teacher is not None
+            with torch.no_grad():
+                t_logits = teacher(x)
         if args.distill == "hard":
             kd = F.cross_entropy(output.distillation_logits, t_logits.argmax(1))
         else:
@@ -248,8 +207,7 @@ def train_student(args: TrainArgs, out: Path, train: Tensors, val: Tensors, cont
         student.save_pretrained(best_dir)
         contract.save(best_dir, CHECKPOINT_CONTRACT_FILE)
 
-    data = teacher.data() if isinstance(teacher, CachedTeacher) else train
-    run_epochs(stage, data, val, args.loop, loss_fn, lambda x: student(pixel_values=x).logits, save_best, log)
+    run_epochs(stage, train, val, args.loop, loss_fn, lambda x: student(pixel_values=x).logits, save_best, log)
     return student, stage.best_accuracy
 
 
@@ -347,8 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         teacher = train_teacher(args, out, train, val, contract.input.channels, contract.num_classes, log)
     best_val = None
     if not args.teacher_only:
-        student_teacher = teacher if cached is None else CachedTeacher(teacher_logits, train)
-        _, best_val = train_student(args, out, train, val, contract, student_teacher, log)
+        if cached is not None:
+            train = Tensors(train.x, train.y, targets=teacher_logits)
+        _, best_val = train_student(args, out, train, val, contract, teacher, log)
 
     # Final evaluation on the held-out test split, read only now, after the last training step.
     test_ds = load_split(args.data_dir, "test", contract.labels, size=(args.image_size, args.image_size))

@@ -180,22 +180,21 @@ def test_teacher_logits_replace_the_teacher_flags() -> None:
         TrainArgs(teacher_logits="t.npz", teacher_only=True)
 
 
-def test_cached_teacher_follows_the_rows_of_each_batch() -> None:
+def test_cached_logits_follow_the_rows_of_each_batch() -> None:
     torch = pytest.importorskip("torch")
     from models.loop import Tensors, batches
-    from models.train import CachedTeacher
 
     n = 10
-    train = Tensors(torch.randn(n, 1, 4, 4), torch.arange(n) % 3)
+    x, y = torch.randn(n, 1, 4, 4), torch.arange(n) % 3
     logits = torch.stack([torch.arange(n, dtype=torch.float32), torch.zeros(n), torch.zeros(n)], dim=1)
-    teacher = CachedTeacher(logits, train)
+    train = Tensors(x, y, targets=logits)
     seen = []
-    for x, y in batches(teacher.data(), 4, shuffle=True, generator=torch.Generator().manual_seed(0)):
-        rows = teacher(y)[:, 0].long()  # column 0 holds each row's index
-        assert torch.equal(train.x[rows], x) and torch.equal(train.y[rows], y)
+    for bx, by, targets in batches(train, 4, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        assert targets is not None
+        rows = targets[:, 0].long()  # column 0 holds each row's index
+        assert torch.equal(x[rows], bx) and torch.equal(y[rows], by)
         seen += rows.tolist()
     assert sorted(seen) == list(range(n))
-    with pytest.raises(RuntimeError, match="rows are unknown"):
-        teacher(torch.tensor([2, 2]))
+    assert all(t is None for _, _, t in batches(Tensors(x, y), 4, shuffle=False))
     with pytest.raises(ValueError, match="9 cached logits for 10"):
-        CachedTeacher(logits[:9], train)
+        Tensors(x, y, targets=logits[:9])
