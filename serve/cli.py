@@ -87,7 +87,9 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"ready: {url}  (API docs {url}/docs, metrics on port {settings.metrics_export_port}); Ctrl-C stops",
               flush=True)  # fmt: skip
         while not stop.wait(0.5):
-            pass
+            if not local.ray_alive():  # Ray's GCS or raylet died under us: nothing left to serve
+                print("emotion serve: Ray stopped under the service; shutting down", file=sys.stderr, flush=True)
+                return 1
         print("shutting down ...", flush=True)
         return 0
     except (SettingsError, ServeConfigError, ContractError, local.StartupError) as exc:

@@ -134,13 +134,43 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     raise StartupError(f"the service did not become ready at {url}/readyz within {timeout_s:.0f}s")
 
 
+def ray_alive() -> bool:
+    """Whether the Ray instance that ``start`` launched in this process still has its GCS and raylet.
+
+    False once either died under the service (SIGKILL, out-of-memory kill, ``ray stop --force``): nothing can be
+    served any more, and ``emotion serve`` exits instead of waiting for Ray's own 60 s GCS reconnect timeout.
+    True when this process joined a Ray it did not start (it cannot tell) or Ray's internals are not as expected.
+    """
+    import ray
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
+
+    if not ray.is_initialized():
+        return False
+    node = getattr(ray_worker, "_global_node", None)
+    if node is None:
+        return True
+    try:
+        dead = {kind for kind, _ in node.dead_processes()}
+    except Exception:  # a private API: never let it stop a healthy service
+        return True
+    return not dead & {ray_constants.PROCESS_TYPE_RAYLET, ray_constants.PROCESS_TYPE_GCS_SERVER}
+
+
 def stop() -> None:
-    """Shut Serve and Ray down (both are no-ops when not running)."""
+    """Shut Serve and Ray down (both are no-ops when not running).
+
+    With Ray's GCS or raylet already dead, Serve cannot be asked to stop (its controller is gone and the call would
+    wait for the GCS): only ``ray.shutdown`` runs, which kills the rest of the processes this one started. HAProxy,
+    which Serve starts under its HAProxyManager actor, is stopped by its watchdog (``haproxy_loopback.sh``) once
+    that actor is gone.
+    """
     import ray
     from ray import serve
 
     if ray.is_initialized():
         try:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+            if ray_alive():
+                serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
             ray.shutdown()

@@ -177,6 +177,25 @@ def test_settings_table_equals_the_settings_class() -> None:
     assert all(row["Meaning"].strip() for row in rows)
 
 
+def test_haproxy_environment_table_lists_the_wrappers_variables() -> None:
+    rows = first_table(
+        CONFIGURATION.read_text(), "HAProxy's environment (not settings)", ["Variable", "Default", "Meaning"]
+    )
+    documented = {unquote(row["Variable"]) for row in rows}
+    script = (REPO / "serve" / "runtime" / "haproxy_loopback.sh").read_text()
+    used = set(re.findall(r"\b(EMOTION_[A-Z_]+)", script))
+    assert documented == used, (
+        f"undocumented: {sorted(used - documented)}; not in the script: {sorted(documented - used)}"
+    )
+    for row in rows:
+        name = unquote(row["Variable"])
+        default = re.search(r"\$\{" + name + r":-([0-9]+)\}", script)
+        if default:
+            assert unquote(row["Default"]) == default.group(1), (
+                f"{name}: documented {row['Default']}, script {default.group(1)}"
+            )
+
+
 # --- (d) user_config models -----------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""The Ingress deployment's class with fake handles (no cluster): readiness deadline, overload mapping, admission."""
+"""The Ingress deployment's class with fake handles (no cluster): readiness deadline, overload mapping, admission,
+retries of calls whose downstream replica was lost."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from ray.exceptions import RayError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from serve.deployments import ingress as ingress_module
+from serve.deployments.ingress import replica_lost
 from serve.errors import Overloaded
 from serve.runtime.metrics import null_ingress_metrics
 from serve.runtime.settings import load_settings
@@ -131,3 +133,100 @@ def test_reconfigure_validates_the_coalescing_config() -> None:
     ingress.reconfigure({"max_images": 8, "max_calls_in_flight": 1})
     assert ingress._coalescer is not before
     assert len(asyncio.run(ingress.classify([b"x"] * 3))) == 3
+
+
+def nested_actor_died() -> RayTaskError:
+    """What the ingress gets (actor-call handles) when the replica behind the Preprocessor died."""
+    return RayTaskError("Preprocessor.classify", "traceback", ActorDiedError()).as_instanceof_cause()
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        (ActorUnavailableError("Actor is unavailable.", None), True),  # fast mode's gRPC handles
+        (ActorDiedError(), True),  # actor-call handles
+        (nested_actor_died(), True),
+        (RayTaskError("f", "tb", ValueError("bad")), False),  # the callee's own failure: not a lost replica
+        (RayError("something else"), False),
+        (BackPressureError(num_queued_requests=9, max_queued_requests=8), False),
+        (TimeoutError(), False),
+    ],
+    ids=["unavailable", "died", "died_behind", "task_error", "ray_error", "backpressure", "timeout"],
+)
+def test_replica_lost_knows_rays_errors_for_a_dead_replica(error: BaseException, lost: bool) -> None:
+    assert replica_lost(error) is lost
+
+
+def lost_then(result: Callable[..., Any], losses: int = 1) -> Callable[..., Any]:
+    """A downstream method whose replica dies under its first ``losses`` calls."""
+    calls = 0
+
+    async def method(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= losses:
+            raise ActorUnavailableError("Actor is unavailable.", None)
+        return await result(*args)
+
+    return method
+
+
+async def no_faces(frame: bytes) -> str:
+    return f"faces of {len(frame)} bytes"
+
+
+def test_a_call_whose_replica_died_is_sent_again() -> None:
+    pre = Handle(classify=lost_then(echo_rows), analyze=lost_then(no_faces))
+    ingress = make(pre)
+    results = asyncio.run(ingress.classify([b"a", b"bbb"]))
+    assert [float(r[0]) for r in results] == [1.0, 3.0]
+    assert asyncio.run(ingress.analyze(b"frame")) == "faces of 5 bytes"
+    assert pre.classify.calls == 2 and pre.analyze.calls == 2
+    assert ingress._admission.inflight == 0
+
+
+def test_every_request_of_a_lost_coalesced_call_is_answered() -> None:
+    pre = Handle(classify=lost_then(echo_rows))
+
+    async def scenario() -> list[list[np.ndarray | Any]]:
+        ingress = make(pre, max_queue_delay_s=0)
+        ingress.reconfigure({"max_images": 8, "max_calls_in_flight": 1})
+        return await asyncio.gather(*(ingress.classify([b"x" * n]) for n in (1, 2, 3)))
+
+    answers = asyncio.run(scenario())
+    assert [float(a[0][0]) for a in answers] == [1.0, 2.0, 3.0]
+
+
+def test_a_replica_lost_on_every_attempt_ends_in_overloaded() -> None:
+    pre = Handle(classify=lost_then(echo_rows, losses=100), analyze=lost_then(no_faces, losses=100))
+    ingress = make(pre)
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.classify([b"a"]))
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.analyze(b"frame"))
+    assert pre.classify.calls == ingress._retry.max_attempts and pre.analyze.calls == ingress._retry.max_attempts
+    assert ingress._admission.inflight == 0
+
+
+def test_retries_stay_inside_the_request_deadline() -> None:
+    async def lost_after_a_while(images: list[bytes]) -> Any:
+        await asyncio.sleep(0.02)
+        raise ActorUnavailableError("Actor is unavailable.", None)
+
+    pre = Handle(classify=lost_after_a_while)
+    # The deadline should pass: 3 attempts of 0.02 s and two backoffs (>= 0.025 s, >= 0.05 s) need over 0.06 s,
+    # and a slower machine only makes fewer attempts fit.
+    ingress = make(pre, request_timeout_s=0.06)
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.classify([b"a"]))
+    assert 1 <= pre.classify.calls < ingress._retry.max_attempts
+
+
+def test_other_downstream_errors_are_not_retried() -> None:
+    pre = Handle(classify=lost_replica, analyze=backpressure)
+    ingress = make(pre)
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.classify([b"a"]))
+    with pytest.raises(Overloaded):
+        asyncio.run(ingress.analyze(b"frame"))
+    assert pre.classify.calls == 1 and pre.analyze.calls == 1
