@@ -1,9 +1,11 @@
 """``emotion analyze-video FILE``: every frame's faces and emotions, in-process or through the running service.
 
-Writes to ``--out``: ``frames.jsonl`` (one line per frame: index, time, faces with track ids, or dropped/error),
-``contact_sheet.png`` (annotated frames spread over the clip), ``emotion_timeline.png`` (each tracked face's
+Writes to ``--out``: ``frames.jsonl`` (one line per frame: index, time, faces with track ids, or dropped, error or
+lost), ``contact_sheet.png`` (annotated frames spread over the clip), ``emotion_timeline.png`` (each tracked face's
 emotion probabilities over time) and ``summary.json`` (frames, replies, dropped, errors, fps). Needs the ``video``
-extra (PyAV, matplotlib). ``--url ws://127.0.0.1:8000`` streams the frames over ``/v1/stream`` instead.
+extra (PyAV, matplotlib). ``--url ws://127.0.0.1:8000`` streams the frames over ``/v1/stream`` instead,
+reconnecting when the connection is lost (``client.stream``); ``summary.json`` then also counts lost frames and
+reconnects, and the exit status is 1 if any frame was lost.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import argparse
 import io
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from client.drawing import annotate, contact_sheet, emotion_plot
+from client.stream import ReconnectPolicy, StreamStats, stream_frames
 from serve.core.frames import InProcessFrames, detector_config, face_records
 from serve.core.tracking import FaceTracker, track_faces
 
@@ -60,34 +62,29 @@ def _in_process(opts: argparse.Namespace, frames: Iterator[tuple[int, float, np.
 
 
 def _through_service(
-    opts: argparse.Namespace, frames: Iterator[tuple[int, float, np.ndarray]]
+    opts: argparse.Namespace, frames: Iterator[tuple[int, float, np.ndarray]], stats: StreamStats
 ) -> Iterator[dict[str, Any]]:
+    """Replies from WS /v1/stream; a lost connection is opened again and its unanswered frames sent again
+    (client.stream), so every frame comes back answered, dropped or lost."""
     from websockets.sync.client import connect
 
     headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else None
-    window = threading.Semaphore(opts.window) if opts.window else None
+    url = opts.url.rstrip("/") + "/v1/stream"
     kept: dict[int, tuple[float, np.ndarray]] = {}
-    with connect(opts.url.rstrip("/") + "/v1/stream", additional_headers=headers, max_size=None) as ws:
 
-        def send() -> None:
-            for index, time_s, rgb in frames:
-                if window is not None:
-                    window.acquire()
-                buf = io.BytesIO()
-                Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
-                kept[index] = (time_s, rgb)
-                ws.send(buf.getvalue())
-            ws.send("end")
+    def encoded() -> Iterator[tuple[int, bytes]]:
+        for index, time_s, rgb in frames:
+            buf = io.BytesIO()
+            Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+            kept[index] = (time_s, rgb)
+            yield index, buf.getvalue()
 
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        for message in ws:
-            reply = json.loads(message)
-            if window is not None:
-                window.release()
-            time_s, rgb = kept.pop(reply["index"], (0.0, None))
-            yield {**reply, "time_s": time_s, "_rgb": rgb}
-        sender.join(timeout=5)
+    policy = ReconnectPolicy(max_reconnects=opts.reconnects)
+    replies = stream_frames(lambda: connect(url, additional_headers=headers, max_size=None), encoded(),
+                            window=opts.window, policy=policy, stats=stats)  # fmt: skip
+    for reply in replies:
+        time_s, rgb = kept.pop(reply["index"], (0.0, None))
+        yield {**reply, "time_s": time_s, "_rgb": rgb}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", help="service base URL (ws://host:port); default: analyse in-process")
     parser.add_argument("--api-key", help="API key for the service (Authorization: Bearer)")
     parser.add_argument("--window", type=int, default=4, help="frames in flight through the service (0 = no limit)")
+    parser.add_argument("--reconnects", type=int, default=10,
+                        help="times a lost stream connection is opened again (its unanswered frames resent)")
     parser.add_argument("--model-dir", type=Path, help="in-process model folder (default EMOTION_MODEL_DIR)")
     parser.add_argument("--threads", type=int, default=1, help="in-process onnxruntime threads")
     parser.add_argument("--sheet", type=int, default=12, help="frames on the contact sheet")
@@ -116,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sheet: list[tuple[int, Image.Image]] = []
     labels: tuple[str, ...] = ()
     start = time.perf_counter()
-    replies = (_through_service if opts.url else _in_process)(opts, frames)
+    stats = StreamStats()
+    replies = _through_service(opts, frames, stats) if opts.url else _in_process(opts, frames)
     with (opts.out / "frames.jsonl").open("w") as out:
         for record in tqdm(replies, total=total or None, unit="frame", desc=opts.video.name):
             rgb = record.pop("_rgb")
@@ -133,12 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "video": str(opts.video), "mode": "service" if opts.url else "in-process", "frames": total,
         "replies": len(records), "in_order": [r["index"] for r in records] == list(range(len(records))),
         "dropped": sum(1 for r in records if r.get("dropped")), "errors": sum(1 for r in records if "error" in r),
+        "lost": stats.lost, "reconnects": stats.reconnects, "resent": stats.resent, "connection_ends": stats.closes,
         "faces": sum(len(r.get("faces", [])) for r in records), "seconds": round(elapsed, 2),
         "fps": round(len(records) / elapsed, 2) if elapsed else 0.0,
     }  # fmt: skip
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
-    return 0
+    return 1 if stats.lost else 0
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from tests.conftest import require_fer
-from tests.integration.conftest import API_KEY, start_private_service
+from tests.integration.conftest import API_KEY, HANG_GUARD_S, start_private_service
 from tools.fault_probe import FaultRun, replicas, run_faults, wait_whole
 
 pytestmark = [pytest.mark.integration, pytest.mark.data, pytest.mark.timeout(1200)]
@@ -74,3 +75,39 @@ def test_killing_the_only_ingress_loses_no_request(url: str) -> None:
     run = run_faults(url, API_KEY, ["Ingress"], expected=EXPECTED, kill_after=KILL_AFTER, clients=CLIENTS,
                      analyze_every=10)  # fmt: skip
     assert_nothing_lost(run, ["Ingress"], cut_allowed=True)
+
+
+def test_a_stream_through_an_ingress_kill_accounts_for_every_frame(url: str) -> None:
+    # The killed ingress held the WebSocket: the client sees the connection break (no close frame can come from a
+    # SIGKILLed process), opens a new one and sends the frames that were unanswered again (client/stream.py).
+    from websockets.sync.client import connect
+
+    from client.stream import ReconnectPolicy, StreamStats, stream_frames
+    from loadtests.data import video_frames
+    from tools.fault_probe import kill_replica
+
+    wait_whole(EXPECTED)
+    frames = video_frames(limit=90)
+    ws_url = url.replace("http", "ws", 1) + "/v1/stream"
+    killed: list[int] = []
+
+    def source() -> Iterator[tuple[int, bytes]]:
+        for index, frame in enumerate(frames):
+            if index == 30:  # with frames in flight (window 4)
+                killed.append(kill_replica("Ingress"))
+            yield index, frame
+
+    def open_stream() -> Any:
+        return connect(ws_url, additional_headers={"Authorization": f"Bearer {API_KEY}"}, max_size=None,
+                       open_timeout=HANG_GUARD_S)  # fmt: skip
+
+    stats = StreamStats()
+    # Up to ~2 min of attempts after the loss: the replacement ingress may start slowly on a loaded machine.
+    policy = ReconnectPolicy(attempts_per_loss=30)
+    replies = list(stream_frames(open_stream, source(), window=4, policy=policy, stats=stats))
+    print(json.dumps({"reconnects": stats.reconnects, "resent": stats.resent, "closes": stats.closes}))
+    assert [r["index"] for r in replies] == list(range(len(frames))), "a frame went missing or came twice"
+    assert stats.lost == 0 and not [r for r in replies if "error" in r], replies
+    assert stats.reconnects >= 1 and killed
+    assert sum("faces" in r for r in replies) >= len(frames) // 2  # answered, not only dropped
+    wait_whole(EXPECTED, gone=killed)
