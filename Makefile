@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: serve test lint fuzz rayservice image clean-venv
+.PHONY: serve test lint soak fuzz rayservice image clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/mypy serve models loadtests
 
 # >= 10,000 hostile requests against a freshly started service (about 5 minutes on 2 cores).
+# Ten minutes at half the probed capacity: memory of every process, p99 per minute, errors (issue 12).
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.soak --out reports/soak --minutes 10
+
 fuzz: $(VENV)/.dev-installed
 	$(BIN)/python tools/fuzz_service.py --requests 10000
 
