@@ -5,9 +5,11 @@ and the Ray Serve graph, closed loop (N clients) and open loop (fixed rates), si
     python -m loadtests.benchmark --out reports/tmp/bench --quick    # CI smoke, < ~60 s
     python -m loadtests.benchmark --out reports/tmp/ab --criteria-only --targets onnxruntime,baseline,ray \
         --ray-variant serial=EMOTION_ORT_PARALLEL_RUNS=1               # A/B of one change, ~3 minutes
+    python -m loadtests.benchmark --streams-only --out reports/streams  # WS stream capacity only (stream_capacity)
 
 Writes ``benchmark.md`` (table), ``throughput.png``, ``p99.png`` and ``results.json`` into ``--out``; server logs
-go to ``--logs``. Servers bind 127.0.0.1 on free ports in 8100-8199 and are stopped at the end.
+go to ``--logs``; ``--streams`` adds ``streams.md`` and ``streams.json``. Servers bind 127.0.0.1 on free ports
+in 8100-8199 and are stopped at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtests import httpclient, inproc
+from loadtests import httpclient, inproc, stream_capacity
 from loadtests.checks import InvalidResponse, check_batch, check_classify
 from loadtests.data import fer_faces, multipart
 from loadtests.report import write_report
@@ -213,6 +215,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     contract = load_contract(args.model_dir)
     labels = contract.labels
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.streams_only:  # streams go to the Ray graph only: the other targets have no WS /v1/stream
+        targets = [t for t in targets if t == "ray"]
+    stream_plan = stream_capacity.plan_from(args) if args.streams or args.streams_only else None
+    streams: dict[str, Any] = {}
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     started = time.time()
@@ -267,14 +273,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             server.start(timeout=args.start_timeout)
             logger.info("%s ready in %.1f s", name, time.perf_counter() - t0)
-            rows += measure_http(server, plan, labels, metrics_port, open_loop=name != "noop",
-                                 timeout=args.request_timeout)  # fmt: skip
+            if not args.streams_only:
+                rows += measure_http(server, plan, labels, metrics_port, open_loop=name != "noop",
+                                     timeout=args.request_timeout)  # fmt: skip
+            if stream_plan is not None and name.startswith("ray"):
+                streams[name] = stream_capacity.measure(server, stream_plan)
         except ServerError as exc:
             skipped[name] = str(exc)
             logger.error("%s: %s", name, exc)
         finally:
             server.stop()
     return {
+        "command": shlex.join(["python", "-m", "loadtests.benchmark", *args.argv]),
         "machine": inproc.machine(),
         "model": {"name": contract.name, "version": contract.version, "dir": str(args.model_dir)},
         "plan": asdict(plan),
@@ -282,6 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": round(time.time() - started, 1),
         "skipped": skipped,
         "rows": [asdict(r) for r in rows],
+        **({"streams": streams} if stream_plan is not None else {}),
     }
 
 
@@ -307,10 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=VAR=VALUE[,VAR=VALUE]",
         help="also measure the graph with these environment variables, as target ray-NAME (repeatable)",
     )
+    stream_capacity.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the report names the command that produced it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = run(args)
-    write_report(results, args.out)
+    if not args.streams_only:
+        write_report(results, args.out)
+    if "streams" in results:
+        stream_capacity.write(results, args.out)
     logger.info("report written to %s", args.out)
     return 0
 

@@ -112,6 +112,11 @@ def markdown(results: dict[str, Any]) -> str:
                       r["p99_ms"], r["error_pct"], r["shed"], r["timeouts"], r["server_cpu_pct"], _per_image(r),
                       r["client_cpu_pct"], r["machine_cpu_pct"], r["batch"])  # fmt: skip
             lines.append("| " + " | ".join(_cell(v) for v in values) + " |")
+    if results.get("streams"):
+        from loadtests.stream_capacity import summary_lines  # only runs with --streams need it
+
+        lines += ["", "## camera streams (WS /v1/stream, 10 fps; every cell in streams.md)", "",
+                  *summary_lines(results["streams"])]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

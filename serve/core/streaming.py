@@ -62,15 +62,19 @@ class StreamSession:
         self._waiting: deque[_Slot] = deque()
         self._order: deque[_Slot] = deque()
         self._running: set[asyncio.Task[None]] = set()
-        self._changed = asyncio.Event()
+        # Two events, each cleared only by the one coroutine that waits on it: with a single shared event, push()
+        # could clear a wake-up meant for the sender (set by an earlier push() before the sender's wait had begun)
+        # and both would wait for each other forever: a client filling the bound in one burst stalled its stream.
+        self._space = asyncio.Event()  # set by the sender when a reply left; push() waits on it at the bound
+        self._arrived = asyncio.Event()  # set by push() when a frame arrived; the sender waits on it when idle
         self.received = self.dropped = self.sent = 0
         self._closed = False
 
     async def push(self, data: bytes) -> None:
         """Accept the next frame; waits while too many replies are outstanding."""
         while len(self._order) >= self._limit:
-            self._changed.clear()
-            await self._changed.wait()
+            self._space.clear()
+            await self._space.wait()
         slot = _Slot(self.received, data, time.perf_counter())
         self.received += 1
         self._order.append(slot)
@@ -81,7 +85,7 @@ class StreamSession:
             oldest.done.set_result({"index": oldest.index, "dropped": True})
             self.dropped += 1
         self._start()
-        self._changed.set()
+        self._arrived.set()
 
     def _start(self) -> None:
         while not self._closed and self._waiting and len(self._running) < self._concurrency:
@@ -110,12 +114,12 @@ class StreamSession:
             if not self._order:
                 if until_closed.is_set():
                     return
-                self._changed.clear()
+                self._arrived.clear()
                 closed = asyncio.create_task(until_closed.wait())
-                changed = asyncio.create_task(self._changed.wait())
-                await asyncio.wait({closed, changed}, return_when=asyncio.FIRST_COMPLETED)
+                arrived = asyncio.create_task(self._arrived.wait())
+                await asyncio.wait({closed, arrived}, return_when=asyncio.FIRST_COMPLETED)
                 closed.cancel()
-                changed.cancel()
+                arrived.cancel()
                 continue
             reply = await self._order[0].done
             self._order.popleft()
@@ -123,7 +127,7 @@ class StreamSession:
                 self._on_reply(reply)
             await self._send(reply)
             self.sent += 1
-            self._changed.set()
+            self._space.set()
 
     async def cancel(self) -> None:
         """Stop every analysis in flight (the client went away)."""

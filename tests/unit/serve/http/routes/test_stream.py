@@ -39,3 +39,16 @@ def test_stream_refuses_a_frame_over_the_body_limit(frames_client: TestClient) -
         ws.send_text("end")
         replies = [ws.receive_json(), ws.receive_json()]
     assert replies[0]["error"]["code"] == "payload_too_large" and replies[1]["faces"]
+
+
+def test_a_burst_of_frames_far_over_the_bounds_is_answered_in_full(frames_client: TestClient) -> None:
+    # More frames than pending + in flight + unsent replies (12 by default), sent before reading anything: every
+    # frame still gets exactly one reply, in order, most of them drop-oldest answers.
+    frame = jpeg()
+    with frames_client.websocket_connect("/v1/stream?track=false") as ws:
+        for _ in range(30):
+            ws.send_bytes(frame)
+        ws.send_text("end")
+        replies = [ws.receive_json() for _ in range(30)]
+    assert [r["index"] for r in replies] == list(range(30))
+    assert all(r.get("dropped") or "faces" in r for r in replies)
