@@ -9,19 +9,31 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 COLOURS = ("#33ff33", "#ff3333", "#3399ff", "#ffcc00", "#ff66ff", "#00ffff")
+UNREADABLE_COLOUR = "#888888"  # grey: the service claims no emotion for this face
+
+
+def face_text(face: dict[str, Any]) -> str:
+    """What a face's box is captioned with: ``#track label p`` for a readable face (the smoothed label when there
+    is one, with the frame's own top probability), ``#track unreadable (reason)`` for one the service cannot read."""
+    track = face.get("track_id")
+    prefix = f"#{track} " if track else ""
+    if face.get("readable") is False or face.get("label") is None:
+        return f"{prefix}unreadable ({face.get('unreadable_reason') or 'no label'})"
+    label = face.get("smoothed_label") or face["label"]
+    return f"{prefix}{label} {face['probabilities'][face['label']]:.2f}"
 
 
 def annotate(image: Image.Image, faces: Sequence[dict[str, Any]]) -> Image.Image:
-    """A copy of the frame with every face boxed and labelled (track id, label, probability)."""
+    """A copy of the frame with every face boxed and labelled (``face_text``; unreadable faces in grey)."""
     out = image.convert("RGB")
     draw = ImageDraw.Draw(out)
     width = max(2, out.width // 320)
     for face in faces:
         x, y, w, h = face["box"]
         track = face.get("track_id")
-        colour = COLOURS[(track or 0) % len(COLOURS)]
-        label = face.get("smoothed_label", face["label"])
-        text = f"{'#' + str(track) + ' ' if track else ''}{label} {face['probabilities'][face['label']]:.2f}"
+        readable = face.get("readable") is not False and face.get("label") is not None
+        colour = COLOURS[(track or 0) % len(COLOURS)] if readable else UNREADABLE_COLOUR
+        text = face_text(face)
         draw.rectangle((x, y, x + w, y + h), outline=colour, width=width)
         left, top, right, bottom = draw.textbbox((x, y), text)
         draw.rectangle((x, y - (bottom - top) - 4, x + (right - left) + 4, y), fill=colour)

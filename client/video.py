@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from client.drawing import annotate, contact_sheet, emotion_plot
 from client.stream import ReconnectPolicy, StreamStats, stream_frames
-from serve.core.frames import InProcessFrames, detector_config, face_records
+from serve.core.frames import InProcessFrames, detector_config, face_records, quality_rule
 from serve.core.tracking import FaceTracker, track_faces
 
 
@@ -50,13 +50,14 @@ def _in_process(opts: argparse.Namespace, frames: Iterator[tuple[int, float, np.
 
     settings = load_settings(**({"model_dir": opts.model_dir} if opts.model_dir else {}))
 
-    analyzer = InProcessFrames(settings.model_dir, detector_config(settings), threads=opts.threads)
-    labels = analyzer.classifier.labels
+    analyzer = InProcessFrames(settings.model_dir, detector_config(settings), threads=opts.threads,
+                               quality=quality_rule(settings))  # fmt: skip
+    contract = analyzer.classifier.contract
     tracker = FaceTracker()
     for index, time_s, rgb in frames:
         start = time.perf_counter()
-        faces = face_records(analyzer.analyze_rgb(rgb), labels)
-        track_faces(tracker, faces, labels)
+        faces = face_records(analyzer.analyze_rgb(rgb), contract)
+        track_faces(tracker, faces, contract.answer_labels)
         latency = round((time.perf_counter() - start) * 1000.0, 1)
         yield {"index": index, "time_s": time_s, "faces": faces, "latency_ms": latency, "_rgb": rgb}
 

@@ -184,14 +184,14 @@ class EmotionUser(RequestBudget, FastHttpUser):
 
     def on_start(self) -> None:
         contract = local_contract()
-        self.labels = contract.labels
+        self.labels = contract.answer_labels
         info: dict[str, Any] = {}
 
         def read_model(body: Any) -> None:
             info.update(body)
 
         self.request_checked("GET", "/v1/model", None, "", read_model)
-        served = info.get("labels")
+        served = info.get("answer_labels", info.get("labels"))
         if isinstance(served, list) and served:
             self.labels = tuple(str(label) for label in served)
         self.same_model = (info.get("name"), info.get("version")) == (contract.name, contract.version)

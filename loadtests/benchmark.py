@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.criteria_only:
         plan = dataclasses.replace(CRITERIA_ONLY, seconds=args.seconds)
     contract = load_contract(args.model_dir)
-    labels = contract.labels
+    labels = contract.answer_labels
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.streams_only:  # streams go to the Ray graph only: the other targets have no WS /v1/stream
         targets = [t for t in targets if t == "ray"]

@@ -17,25 +17,31 @@ class InvalidResponse(ValueError):
     """A 2xx response whose body does not match the API contract."""
 
 
-def check_prediction(item: Any, labels: Collection[str], where: str = "response") -> str:
-    """``{"label", "probabilities"}``: label is a model label, probabilities cover every label and sum to ~1."""
+def check_prediction(item: Any, labels: Collection[str], where: str = "response") -> str | None:
+    """``{"label", "probabilities", "readable"}``: probabilities cover every answer label and sum to ~1; a readable
+    face's label is the most probable one, an unreadable face's label is null with a reason. Returns the label."""
     if not isinstance(item, Mapping):
         raise InvalidResponse(f"{where}: expected an object, got {type(item).__name__}")
     label, probs = item.get("label"), item.get("probabilities")
-    if label not in labels:
-        raise InvalidResponse(f"{where}: label {label!r} is not one of {sorted(labels)}")
     if not isinstance(probs, Mapping) or set(probs) != set(labels):
         raise InvalidResponse(f"{where}: probabilities must have exactly the keys {sorted(labels)}, got {probs!r}")
     values = [float(v) for v in probs.values()]
     if any(not 0.0 <= v <= 1.0 for v in values) or not math.isclose(sum(values), 1.0, abs_tol=PROB_TOLERANCE):
         raise InvalidResponse(f"{where}: probabilities {values} are not a distribution (sum {sum(values):.4f})")
+    if item.get("readable", True) is False:
+        # The service claims no emotion for a face it cannot read (docs/api.md), but it says why.
+        if label is not None or not item.get("unreadable_reason"):
+            raise InvalidResponse(f"{where}: an unreadable face needs label null and a reason, got {dict(item)}")
+        return None
+    if label not in labels:
+        raise InvalidResponse(f"{where}: label {label!r} is not one of {sorted(labels)}")
     if probs[label] < max(values) - PROB_TOLERANCE:
         raise InvalidResponse(f"{where}: label {label!r} is not the most probable class in {dict(probs)}")
     return str(label)
 
 
-def check_classify(body: Any, labels: Collection[str]) -> str:
-    """POST /v1/classify: a prediction plus ``request_id`` and ``model``; returns the label."""
+def check_classify(body: Any, labels: Collection[str]) -> str | None:
+    """POST /v1/classify: a prediction plus ``request_id`` and ``model``; returns the label (None: unreadable)."""
     label = check_prediction(body, labels)
     if not body.get("request_id"):
         raise InvalidResponse("response has no request_id")
@@ -45,7 +51,7 @@ def check_classify(body: Any, labels: Collection[str]) -> str:
     return label
 
 
-def check_batch(body: Any, count: int, labels: Collection[str]) -> list[str]:
+def check_batch(body: Any, count: int, labels: Collection[str]) -> list[str | None]:
     """POST /v1/classify/batch: ``count`` results, in request order, each a prediction (errors fail the check)."""
     results = body.get("results") if isinstance(body, Mapping) else None
     if not isinstance(results, list) or len(results) != count:

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=4, help="py-spy the N busiest Python processes")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    labels = load_contract(DEFAULT_MODEL_DIR).labels
+    labels = load_contract(DEFAULT_MODEL_DIR).answer_labels
     server = None
     if args.pid:
         root, port = psutil.Process(args.pid), args.port
@@ -177,7 +177,7 @@ import asyncio
 from loadtests import httpclient
 from loadtests.benchmark import judge_for, requests_for
 from models.contract import DEFAULT_MODEL_DIR, load_contract
-judge = judge_for("{workload}", load_contract(DEFAULT_MODEL_DIR).labels)
+judge = judge_for("{workload}", load_contract(DEFAULT_MODEL_DIR).answer_labels)
 requests = requests_for("{workload}", {port})
 asyncio.run(httpclient.closed_loop("127.0.0.1", {port}, requests, judge, {clients}, {seconds}))
 """

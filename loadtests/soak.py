@@ -139,7 +139,7 @@ class MemorySampler(threading.Thread):
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
-    labels = load_contract(args.model_dir).labels
+    labels = load_contract(args.model_dir).answer_labels
     port = free_port()
     mport = free_port(taken=[port])
     env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(port), "EMOTION_METRICS_EXPORT_PORT": str(mport),

@@ -49,7 +49,7 @@ class VideoStreamUser(RequestBudget, User):
         self.reply_timeout = request_timeout(self.environment)
         self.fps = float(getattr(options, "fps", 10.0))
         self.frames = video_frames(getattr(options, "video", DEFAULT_VIDEO))
-        self.labels = local_contract().labels
+        self.labels = local_contract().answer_labels
         self.sent: dict[int, float] = {}
         self.count = 0
         url = (self.host or "").replace("http", "ws", 1).rstrip("/") + "/v1/stream"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +85,22 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class AnswerSpec:
+    """Which labels the service answers in, when they are not the model's own (config.json ``answer``).
+
+    ``groups``: ``(answer label, (model labels...))`` pairs in answer order; an answer label's probability is the
+    sum of its model labels' probabilities. ``other``: the answer label that collects the probability of every
+    model label in no group (appended last; not emitted when every label is in a group). A 7-class model answered
+    in the bundled model's three emotions is ``{"groups": {"angry": ["angry"], "happy": ["happy"], "sad": ["sad"]},
+    "other": "other"}``: a neutral or surprised face then reads ``other`` instead of the nearest of the three.
+    Checked against the model's labels by ``ModelContract`` (``check_answer``).
+    """
+
+    groups: tuple[tuple[str, tuple[str, ...]], ...]
+    other: str | None = "other"
+
+
+@dataclass(frozen=True)
 class ModelContract:
     """Everything a consumer needs to run the model correctly. Serialised as ``config.json``."""
 
@@ -95,6 +112,7 @@ class ModelContract:
     output: OutputSpec = field(default_factory=OutputSpec)
     onnx_file: str = "model.onnx"
     architecture: str = ""
+    answer: AnswerSpec | None = None  # None: the service answers in ``labels`` (config.json without ``answer``)
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -119,14 +137,57 @@ class ModelContract:
         t = self.output.temperature
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
             raise ContractError(f"config.json: output.temperature={t!r} must be a finite number > 0")
+        if self.answer is not None:
+            check_answer(self.answer, self.labels)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @cached_property
+    def answer_labels(self) -> tuple[str, ...]:
+        """The labels of the service's answers, in answer order: ``labels`` unless config.json groups them."""
+        if self.answer is None:
+            return self.labels
+        names = tuple(name for name, _ in self.answer.groups)
+        return (*names, self.answer.other) if self.answer.other is not None and self._ungrouped() else names
+
+    def _ungrouped(self) -> tuple[str, ...]:
+        grouped = {m for _, members in self.answer.groups for m in members} if self.answer else set(self.labels)
+        return tuple(label for label in self.labels if label not in grouped)
+
+    @cached_property
+    def grouping_matrix(self) -> np.ndarray:
+        """float32 ``[num_classes, len(answer_labels)]`` 0/1 matrix: ``probs @ matrix`` sums each group's labels.
+
+        The identity without ``answer``; every model label lands in exactly one column, so each row's sum is kept.
+        """
+        index = {label: i for i, label in enumerate(self.labels)}
+        matrix = np.zeros((self.num_classes, len(self.answer_labels)), np.float32)
+        members: list[tuple[str, ...]] = (
+            [group for _, group in self.answer.groups] if self.answer else [(lab,) for lab in self.labels]
+        )
+        if self.answer is not None and len(self.answer_labels) > len(members):
+            members.append(self._ungrouped())
+        for column, group in enumerate(members):
+            matrix[[index[label] for label in group], column] = 1.0
+        return matrix
+
+    def group(self, probs: np.ndarray) -> np.ndarray:
+        """Model probabilities ``[..., num_classes]`` -> answer probabilities ``[..., len(answer_labels)]`` (float32;
+        the same array when config.json has no ``answer``)."""
+        if self.answer is None:
+            return probs
+        grouped: np.ndarray = (np.asarray(probs, np.float32) @ self.grouping_matrix).astype(np.float32)
+        return grouped
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = list(self.labels)
+        data.pop("answer")
+        if self.answer is not None:  # absent, not null, without grouping: config.json files stay as they were
+            data["answer"] = {"groups": {name: list(members) for name, members in self.answer.groups},
+                              "other": self.answer.other}  # fmt: skip
         return data
 
     @classmethod
@@ -141,6 +202,7 @@ class ModelContract:
                 output=_output_from_dict(data.get("output", {})),
                 onnx_file=str(data.get("onnx_file", "model.onnx")),
                 architecture=str(data.get("architecture", "")),
+                answer=_answer_from_dict(data["answer"]) if data.get("answer") is not None else None,
             )
         except KeyError as exc:
             raise ContractError(f"config.json: missing key {exc.args[0]!r}") from None
@@ -151,6 +213,57 @@ class ModelContract:
         path = Path(model_dir) / filename
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+def check_answer(answer: AnswerSpec, labels: tuple[str, ...]) -> None:
+    """Raise ContractError unless ``answer`` groups ``labels`` unambiguously: known labels, each in one group at
+    most, distinct non-empty answer names, no answer named like a model label it does not hold."""
+    where = "config.json: answer"
+    if not answer.groups:
+        raise ContractError(f"{where}.groups must name at least one group")
+    seen: dict[str, str] = {}
+    names = [name for name, _ in answer.groups]
+    for name, members in answer.groups:
+        if not isinstance(name, str) or not name:
+            raise ContractError(f"{where}.groups: a group needs a non-empty name, got {name!r}")
+        if not members:
+            raise ContractError(f"{where}.groups.{name}: lists no model label")
+        for label in members:
+            if label not in labels:
+                raise ContractError(f"{where}.groups.{name}: {label!r} is not a model label ({list(labels)})")
+            if label in seen and seen[label] == name:
+                raise ContractError(f"{where}.groups.{name} lists {label!r} twice")
+            if label in seen:
+                raise ContractError(f"{where}.groups: {seen[label]!r} and {name!r} both hold {label!r}")
+            seen[label] = name
+        # An answer "sad" made of "neutral" would read as the model's own sad: a model label names only itself.
+        if name in labels and name not in members:
+            raise ContractError(f"{where}.groups.{name}: named like the model label {name!r} but does not hold it")
+    if len(set(names)) != len(names):
+        raise ContractError(f"{where}.groups has duplicate names: {names}")
+    other = answer.other
+    if other is not None:
+        if not isinstance(other, str) or not other:
+            raise ContractError(f"{where}.other must be a non-empty name or null, got {other!r}")
+        if other in labels or other in names:
+            raise ContractError(f"{where}.other={other!r} is already a model label or a group name")
+    elif len(seen) < len(labels):
+        left = [label for label in labels if label not in seen]
+        raise ContractError(f"{where}: {left} are in no group and answer.other is null: name an 'other' group")
+
+
+def _answer_from_dict(data: Any) -> AnswerSpec:
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), dict) or set(data) - {"groups", "other"}:
+        raise ContractError(
+            'config.json: answer must be {"groups": {"<answer label>": ["<model label>", ...]}, "other": "<name>"}'
+            f", got {data!r}"
+        )
+    groups = []
+    for name, members in data["groups"].items():
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            raise ContractError(f"config.json: answer.groups.{name} must be a list of model labels, got {members!r}")
+        groups.append((str(name), tuple(members)))
+    return AnswerSpec(groups=tuple(groups), other=data.get("other", "other"))
 
 
 def _output_from_dict(data: dict[str, Any]) -> OutputSpec:

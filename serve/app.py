@@ -11,7 +11,7 @@ from typing import Any
 from ray.serve import Application, Deployment
 
 from models.contract import load_contract
-from serve.core.frames import detector_config
+from serve.core.frames import detector_config, quality_rule
 from serve.deployments.ingress import Ingress
 from serve.deployments.model import EmotionModel
 from serve.deployments.preprocessor import Preprocessor
@@ -49,7 +49,12 @@ def compose(settings: Settings, options: DeploymentOptions | None = None) -> App
     opts = options or {}
     model = _deployment(EmotionModel, opts).bind(model_dir, settings.ort_threads, settings.ort_parallel_runs)
     preprocessor = _deployment(Preprocessor, opts).bind(
-        model, model_dir, settings.max_image_pixels, detector_config(settings), settings.preprocess_threads
+        model,
+        model_dir,
+        settings.max_image_pixels,
+        detector_config(settings),
+        settings.preprocess_threads,
+        quality_rule(settings),
     )
     return _deployment(Ingress, opts).bind(preprocessor, model, settings, settings.key_digests())
 

@@ -108,8 +108,10 @@ def predict_main(argv: Sequence[str]) -> int:
     opts = parser.parse_args(argv)
 
     from models.contract import ContractError
-    from serve.core.imaging import decode_image
-    from serve.core.inference import OnnxClassifier, to_prediction
+    from serve.core.frames import quality_rule
+    from serve.core.imaging import decode_face
+    from serve.core.inference import OnnxClassifier, answer
+    from serve.core.quality import measure_upload, unreadable_reason
     from serve.errors import ServiceError
     from serve.runtime.settings import SettingsError, load_settings
 
@@ -123,9 +125,10 @@ def predict_main(argv: Sequence[str]) -> int:
     for path in opts.files:
         record: dict[str, object] = {"file": str(path)}
         try:
-            pixels = decode_image(path.read_bytes(), clf.contract, max_pixels=settings.max_image_pixels)
-            pred = to_prediction(clf.predict_proba(pixels[None])[0], clf.labels)
-            record |= {"label": pred.label, "probabilities": pred.probabilities}
+            pixels, size = decode_face(path.read_bytes(), clf.contract, max_pixels=settings.max_image_pixels)
+            # The same answer as POST /v1/classify: config.json's grouping and the unreadable rule's verdict.
+            unreadable = unreadable_reason(measure_upload(size, pixels), quality_rule(settings))
+            record |= answer(clf.predict_proba(pixels[None])[0], clf.contract, unreadable).to_json()
         except OSError as exc:
             failures += 1
             record["error"] = {"code": "unreadable_file", "message": exc.strerror or str(exc)}

@@ -2,10 +2,11 @@
 
     python tools/check_http_parity.py --url http://127.0.0.1:8000 [--data ../shared/data/fer2013/test.parquet]
 
-Prints how many HTTP answers equal the in-process ones on the same bytes (the same label, and probabilities within
-1e-6: both sides apply the contract's ``output.temperature``), and the HTTP accuracy next to the accuracy in the
-bundled metrics.json. Exit code 1 on any mismatch. (The CI suite checks 300 images; this is the full 3,979-image
-run.)
+Prints how many HTTP answers equal the in-process ones on the same bytes (the same label, and model probabilities
+within 1e-6: both sides apply the contract's ``output.temperature``, config.json's label grouping and the default
+unreadable rule, so a service started with other EMOTION_UNREADABLE_* settings can differ), and the HTTP accuracy
+next to the accuracy in the bundled metrics.json. Exit code 1 on any mismatch. (The CI suite checks 300 images;
+this is the full 3,979-image run.)
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import pyarrow.parquet as pq
 
 from models.contract import DEFAULT_MODEL_DIR, load_metrics
 from models.data import default_fer_dir
-from serve.core.imaging import decode_image
-from serve.core.inference import OnnxClassifier
+from serve.core.imaging import decode_face
+from serve.core.inference import OnnxClassifier, answer
+from serve.core.quality import measure_upload, unreadable_reason
 
 PROBABILITY_ATOL = 1e-6
 
@@ -38,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     clf = OnnxClassifier(args.model_dir)
     rows = [(r["image"]["bytes"], r["label"]) for r in pq.read_table(args.data).to_pylist() if r["label"] in clf.labels]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    http_labels: list[str] = []
-    local_labels: list[str] = []
+    http_labels: list[str | None] = []
+    local_labels: list[str | None] = []
     close: list[bool] = []
     worst = 0.0
     with httpx.Client(base_url=args.url, timeout=60, headers=headers) as client:
@@ -50,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
             response.raise_for_status()
             results = response.json()["results"]
             http_labels += [item.get("label", "<error>") for item in results]
-            faces = np.stack([decode_image(data, clf.contract, max_pixels=10**7) for data, _ in chunk])
-            probs = clf.predict_proba(faces)
-            local_labels += [clf.labels[k] for k in probs.argmax(1)]
+            decoded = [decode_face(data, clf.contract, max_pixels=10**7) for data, _ in chunk]
+            probs = clf.predict_proba(np.stack([pixels for pixels, _ in decoded]))
+            verdicts = [unreadable_reason(measure_upload(size, pixels)) for pixels, size in decoded]
+            local_labels += [answer(row, clf.contract, v).label for row, v in zip(probs, verdicts, strict=True)]
             for item, row in zip(results, probs, strict=True):
-                got = item.get("probabilities") or {}
+                got = item.get("model_probabilities") or item.get("probabilities") or {}
                 diff = max((abs(float(got[k]) - float(p)) for k, p in zip(clf.labels, row, strict=True) if k in got),
                            default=float("inf"))  # fmt: skip
                 worst = max(worst, diff)

@@ -1,4 +1,5 @@
-"""Whole camera frames: decode, detect faces, crop them per the model contract; the answer that crosses handles.
+"""Whole camera frames: decode, detect faces, crop them per the model contract, judge whether each is readable
+(``serve.core.quality``); the answer that crosses handles.
 
 Pure (no Ray): the Preprocessor deployment runs ``FrameAnalyzer.prepare`` and sends all crops of a frame to the
 model as one batch; ``emotion analyze-video`` runs the same code in-process.
@@ -15,7 +16,8 @@ import numpy as np
 from models.contract import ModelContract
 from serve.core.detection import DetectorConfig, FaceDetector
 from serve.core.detection.crop import crop_faces, decode_frame
-from serve.core.inference import OnnxClassifier, to_prediction
+from serve.core.inference import OnnxClassifier, answer
+from serve.core.quality import QualityRule, UnreadableReason, measure, unreadable_reason
 from serve.errors import ErrorInfo
 
 
@@ -29,6 +31,11 @@ class FrameFaces:
     scores: np.ndarray  # float32 [n]
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [n, num_classes]
     detect_ms: float = 0.0
+    unreadable: tuple[UnreadableReason | None, ...] = ()  # per face; () = nobody judged them: all readable
+
+    def reasons(self) -> tuple[UnreadableReason | None, ...]:
+        """The unreadable reason of every face (None = readable), one per box."""
+        return self.unreadable or (None,) * len(self.boxes)
 
 
 class FrameAnalyzer:
@@ -40,10 +47,13 @@ class FrameAnalyzer:
         max_pixels: largest accepted frame (width x height).
         align: cut faces that have landmarks by ``detection.align`` (the service's behaviour); False = box crops
             only (the measurement tools compare both: reports/real_photos/README.md).
+        quality: the unreadable rule run on every face's box, crop and score (None: ``QualityRule()``).
     """
 
-    def __init__(self, contract: ModelContract, detector: FaceDetector, max_pixels: int, align: bool = True) -> None:
+    def __init__(self, contract: ModelContract, detector: FaceDetector, max_pixels: int, align: bool = True,
+                 quality: QualityRule | None = None) -> None:  # fmt: skip
         self.contract, self.detector, self.max_pixels, self.align = contract, detector, max_pixels, align
+        self.quality = quality or QualityRule()
 
     def prepare(self, data: bytes) -> tuple[FrameFaces, np.ndarray]:
         """Raises EmptyBody, InvalidImage or ImageTooLarge for a bad frame."""
@@ -62,8 +72,11 @@ class FrameAnalyzer:
         pil = image if image is not None else Image.fromarray(rgb)
         crops = crop_faces(pil, boxes.tolist(), self.contract, landmarks)
         scores = np.asarray([f.score for f in faces], dtype=np.float32)
+        # Judged on the crop the model gets (its detail, not the frame's), the box and the detector's own score.
+        reasons = tuple(unreadable_reason(measure(f.box, crop, f.score), self.quality)
+                        for f, crop in zip(faces, crops, strict=True))  # fmt: skip
         height, width = rgb.shape[:2]
-        return FrameFaces(width, height, boxes, scores, detect_ms=detect_ms), crops
+        return FrameFaces(width, height, boxes, scores, detect_ms=detect_ms, unreadable=reasons), crops
 
 
 def with_probabilities(frame: FrameFaces, probabilities: np.ndarray) -> FrameFaces:
@@ -72,13 +85,23 @@ def with_probabilities(frame: FrameFaces, probabilities: np.ndarray) -> FrameFac
     return replace(frame, probabilities=np.asarray(probabilities, dtype=np.float32))
 
 
-def face_records(frame: FrameFaces, labels: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The JSON ``faces`` list: box (rounded to 0.1 px), score, label, probabilities in label order."""
+def face_records(frame: FrameFaces, contract: ModelContract) -> list[dict[str, Any]]:
+    """The JSON ``faces`` list: box (rounded to 0.1 px), score, then ``inference.answer``'s fields (label,
+    probabilities in answer order, readable, unreadable_reason)."""
     return [
         {"box": [round(float(v), 1) for v in box], "score": round(float(score), 4),
-         **to_prediction(probs, labels).to_json()}
-        for box, score, probs in zip(frame.boxes, frame.scores, frame.probabilities, strict=True)
+         **answer(probs, contract, reason).to_json()}
+        for box, score, probs, reason in zip(frame.boxes, frame.scores, frame.probabilities, frame.reasons(),
+                                             strict=True)
     ]  # fmt: skip
+
+
+def quality_rule(settings: Any) -> QualityRule:
+    """The QualityRule that the ``EMOTION_UNREADABLE_*`` settings describe."""
+    return QualityRule(
+        min_face_px=settings.unreadable_min_face_px, min_sharpness=settings.unreadable_min_sharpness,
+        min_score=settings.unreadable_min_score,
+    )  # fmt: skip
 
 
 def detector_config(settings: Any) -> DetectorConfig:
@@ -97,14 +120,16 @@ class InProcessFrames:
         detector: face detector settings.
         max_pixels: largest accepted frame.
         threads: onnxruntime threads of the classifier.
+        quality: the unreadable rule (None: ``QualityRule()``).
     """
 
     def __init__(self, model_dir: Any, detector: DetectorConfig | None = None, max_pixels: int = 16_000_000,
-                 threads: int = 1) -> None:  # fmt: skip
+                 threads: int = 1, quality: QualityRule | None = None) -> None:  # fmt: skip
         from serve.core.detection import CenterFaceDetector
 
         self.classifier = OnnxClassifier(model_dir, intra_op_threads=threads)
-        self.frames = FrameAnalyzer(self.classifier.contract, CenterFaceDetector(detector), max_pixels)
+        self.frames = FrameAnalyzer(self.classifier.contract, CenterFaceDetector(detector), max_pixels,
+                                    quality=quality)  # fmt: skip
 
     def _finish(self, faces: FrameFaces, crops: np.ndarray) -> FrameFaces:
         n = self.classifier.contract.num_classes

@@ -42,6 +42,13 @@ def decode_image(data: bytes, contract: ModelContract, *, max_pixels: int) -> np
     return _to_contract(open_image(data, max_pixels=max_pixels), contract)
 
 
+def decode_face(data: bytes, contract: ModelContract, *, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode_image`` plus the upload's EXIF-upright (width, height): how large the face was before resizing,
+    which the unreadable rule needs (``serve.core.quality.measure_upload``). Same errors."""
+    img = open_image(data, max_pixels=max_pixels)
+    return _to_contract(img, contract), img.size
+
+
 def open_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image.Image:
     """Decode client bytes into an EXIF-upright Pillow image; ``what`` names it in error messages.
 

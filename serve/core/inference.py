@@ -4,7 +4,8 @@ The probabilities are ``softmax(logits / T)`` with the contract's calibrated ``o
 (``emotion calibrate`` fits it on the validation split); the top label is the argmax of the logits either way.
 
 ``OnnxClassifier`` is shared by the model deployment and ``emotion predict``, so the service and the in-process
-CLI compute the same numbers from the same pixels.
+CLI compute the same numbers from the same pixels. Probabilities cross handles in the model's label order;
+``answer`` turns them into what the service replies (config.json's label grouping, the unreadable verdict).
 """
 
 from __future__ import annotations
@@ -17,21 +18,50 @@ from typing import Any
 
 import numpy as np
 
-from models.contract import check_onnx_matches, load_contract, load_metrics, normalise
+from models.contract import ModelContract, check_onnx_matches, load_contract, load_metrics, normalise
+from serve.core.quality import UnreadableReason
 
 SessionFactory = Callable[[str, Any], Any]
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One face's answer: the top label and the probability of every class, in contract order."""
+    """One face's answer: the top label and the probability of every answer label, in answer order.
 
-    label: str
+    Attributes:
+        label: the most probable answer label; None for a face the quality rule flags (no emotion is claimed).
+        probabilities: every answer label's probability (the model's labels, or config.json's groups + ``other``).
+        model_probabilities: every model label's probability, only when config.json groups labels (else None).
+        unreadable_reason: why the face cannot be read (``serve.core.quality``), None for a readable face.
+    """
+
+    label: str | None
     probabilities: dict[str, float]
+    model_probabilities: dict[str, float] | None = None
+    unreadable_reason: UnreadableReason | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The ``label`` + ``probabilities`` fields of every answer that names a face's emotion."""
-        return {"label": self.label, "probabilities": self.probabilities}
+        """The emotion fields of every answer about one face: ``label``, ``probabilities``, ``model_probabilities``
+        (only with a grouping), ``readable``, ``unreadable_reason``."""
+        out: dict[str, Any] = {"label": self.label, "probabilities": self.probabilities}
+        if self.model_probabilities is not None:
+            out["model_probabilities"] = self.model_probabilities
+        out["readable"] = self.unreadable_reason is None
+        out["unreadable_reason"] = self.unreadable_reason
+        return out
+
+
+@dataclass(frozen=True)
+class FaceScores:
+    """What the preprocessor returns for one uploaded face (``/v1/classify``): small and picklable.
+
+    Attributes:
+        probabilities: float32 ``[num_classes]`` in the model's label order (temperature applied, not grouped).
+        unreadable: the quality rule's verdict on the upload, None for a readable face.
+    """
+
+    probabilities: np.ndarray
+    unreadable: UnreadableReason | None = None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -49,6 +79,22 @@ def to_prediction(probs: np.ndarray, labels: Sequence[str]) -> Prediction:
         label=labels[int(np.argmax(probs))],
         probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
     )
+
+
+def answer(probs: np.ndarray, contract: ModelContract, unreadable: UnreadableReason | None = None) -> Prediction:
+    """The service's answer for one face from its model probabilities (model label order): the one place where
+    config.json's ``answer`` grouping is applied and an unreadable face loses its label.
+
+    Without ``answer`` in config.json this is ``to_prediction(probs, contract.labels)`` plus the readable fields.
+    The label is the argmax of the grouped probabilities: with a grouping, ``other`` wins when the labels outside
+    the groups together outweigh each group.
+    """
+    grouped = to_prediction(contract.group(probs), contract.answer_labels)
+    raw = None if contract.answer is None else to_prediction(probs, contract.labels).probabilities
+    return Prediction(
+        label=None if unreadable else grouped.label, probabilities=grouped.probabilities, model_probabilities=raw,
+        unreadable_reason=unreadable,
+    )  # fmt: skip
 
 
 def _ort_session(path: str, intra_op_threads: int) -> Any:

@@ -1,28 +1,32 @@
 """Can the model read this face? Measurable reasons why not: too small, too blurred, barely a detection. Pure numpy.
 
-A proposal (reports/real_photos/README.md, "unreadable"): the thresholds were chosen on 388 hand-labelled real
-faces (reports/real_photos/labels.csv) so that almost no readable face is flagged; nothing in the service calls
-this yet. ``unreadable_reason`` returns the first failing rule's name, or None for a face worth classifying.
-Masks, hands over the mouth and darkness are not measured here: about half of the hand-labelled unreadable faces
-(mostly masked) pass the rule.
+The thresholds were chosen on 388 hand-labelled real faces (reports/real_photos/README.md, "unreadable") so that
+almost no readable face is flagged. ``unreadable_reason`` returns the first failing rule's name, or None for a face
+worth classifying; the service answers a flagged face with ``"label": null`` (docs/api.md). The preprocessor runs
+it on every detected face (``/v1/analyze``, ``/v1/stream``) and, without the detection rule, on every uploaded
+crop (``/v1/classify``). Masks, hands over the mouth and darkness are not measured here: about half of the
+hand-labelled unreadable faces (mostly masked) pass the rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final, Literal
 
 import numpy as np
 
-TOO_SMALL = "too_small"
-BLURRED = "blurred"
-WEAK_DETECTION = "weak_detection"
-REASONS = (TOO_SMALL, BLURRED, WEAK_DETECTION)
+UnreadableReason = Literal["too_small", "blurred", "weak_detection"]
+TOO_SMALL: Final = "too_small"
+BLURRED: Final = "blurred"
+WEAK_DETECTION: Final = "weak_detection"
+REASONS: tuple[UnreadableReason, ...] = (TOO_SMALL, BLURRED, WEAK_DETECTION)
 
 
 @dataclass(frozen=True)
 class QualityRule:
-    """Thresholds of ``unreadable_reason`` (defaults: reports/real_photos/README.md).
+    """Thresholds of ``unreadable_reason`` (defaults: reports/real_photos/README.md). The service reads them from
+    its ``EMOTION_UNREADABLE_*`` settings, whose defaults are these; 0 turns a rule off.
 
     Attributes:
         min_face_px: the face box's short side in original frame pixels must be at least this.
@@ -41,11 +45,11 @@ class QualityRule:
 
 @dataclass(frozen=True)
 class FaceQuality:
-    """What ``unreadable_reason`` looks at."""
+    """What ``unreadable_reason`` looks at. ``score`` is None for a face nobody detected (an uploaded crop)."""
 
     face_px: float
     sharpness: float
-    score: float
+    score: float | None = None
 
 
 def sharpness(crop: np.ndarray) -> float:
@@ -68,14 +72,20 @@ def measure(box: Sequence[float], crop: np.ndarray, score: float) -> FaceQuality
     return FaceQuality(face_px=float(min(box[2], box[3])), sharpness=sharpness(crop), score=float(score))
 
 
-def unreadable_reason(quality: FaceQuality, rule: QualityRule | None = None) -> str | None:
+def measure_upload(size: tuple[int, int], crop: np.ndarray) -> FaceQuality:
+    """The quality measures of an uploaded face crop (``/v1/classify``): the upload is the face, so its short side
+    (``size`` = width, height as uploaded) stands for the box's; there is no detection score."""
+    return FaceQuality(face_px=float(min(size)), sharpness=sharpness(crop))
+
+
+def unreadable_reason(quality: FaceQuality, rule: QualityRule | None = None) -> UnreadableReason | None:
     """``TOO_SMALL``, ``BLURRED`` or ``WEAK_DETECTION`` (checked in that order) for a face the model cannot read,
-    else None."""
+    else None. The score rule is skipped for a face without a detection score."""
     rule = rule or QualityRule()
     if quality.face_px < rule.min_face_px:
         return TOO_SMALL
     if quality.sharpness < rule.min_sharpness:
         return BLURRED
-    if quality.score < rule.min_score:
+    if quality.score is not None and quality.score < rule.min_score:
         return WEAK_DETECTION
     return None

@@ -56,9 +56,10 @@ class FaceTracker:
         self._frame = -1
 
     def update(
-        self, boxes: Sequence[Sequence[float]], probabilities: Sequence[np.ndarray] | None = None
+        self, boxes: Sequence[Sequence[float]], probabilities: Sequence[np.ndarray | None] | None = None
     ) -> list[Assignment]:
-        """Advance one frame: one Assignment per box, in the order given."""
+        """Advance one frame: one Assignment per box, in the order given. A None row (an unreadable face) moves its
+        track but adds nothing to its window: a blurred frame must not pull the smoothed emotion anywhere."""
         self._frame += 1
         self.tracks = [t for t in self.tracks if self._frame - t.last_frame <= self.max_age + 1]
         det = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -74,16 +75,24 @@ class FaceTracker:
                 self.tracks.append(track)
             track.box = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
             track.last_frame = self._frame
-            if probabilities is not None:
+            if probabilities is not None and probabilities[i] is not None:
                 track.history.append(np.asarray(probabilities[i], dtype=np.float64))
             out.append(Assignment(track.track_id, track.smoothed() if track.history else None))
         return out
 
 
 def track_faces(tracker: FaceTracker, faces: list[dict[str, Any]], labels: Sequence[str]) -> None:
-    """Add ``track_id`` and ``smoothed_label`` to JSON face records (``box``, ``probabilities``) of one frame."""
-    probs = [np.fromiter((f["probabilities"][k] for k in labels), dtype=np.float64) for f in faces]
+    """Add ``track_id`` and ``smoothed_label`` to JSON face records (``box``, ``probabilities``, ``readable``) of one
+    frame. ``labels``: the keys of ``probabilities`` (the contract's answer labels), in the order to smooth them.
+
+    ``smoothed_label`` is the argmax of the mean probabilities over the track's recent readable frames, so any
+    number of labels (``other`` included) works; it is None while the track has no readable frame yet.
+    """
+    probs = [
+        None if f.get("readable") is False else np.fromiter((f["probabilities"][k] for k in labels), np.float64)
+        for f in faces
+    ]
     for face, assignment in zip(faces, tracker.update([f["box"] for f in faces], probs), strict=True):
         face["track_id"] = assignment.track_id
-        if assignment.smoothed is not None:
-            face["smoothed_label"] = labels[int(np.argmax(assignment.smoothed))]
+        smoothed = assignment.smoothed
+        face["smoothed_label"] = None if smoothed is None else labels[int(np.argmax(smoothed))]

@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import numpy as np
 from fastapi import FastAPI
 from grpc.aio import AioRpcError
 from ray import serve
@@ -30,6 +29,7 @@ from serve.core.admission import FRAME_COST, Admission
 from serve.core.batching import CoalesceConfig
 from serve.core.coalesce import Coalescer
 from serve.core.frames import FrameFaces
+from serve.core.inference import FaceScores
 from serve.core.retry import RetryPolicy, call_with_retries
 from serve.errors import ErrorInfo, Overloaded
 from serve.http.state import ServiceState
@@ -86,7 +86,7 @@ class Ingress:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         config = CoalesceConfig(**user_config)
         # Requests already waiting in a replaced coalescer are still sent by it as its calls finish.
-        self._coalescer: Coalescer[bytes, np.ndarray | ErrorInfo] = Coalescer(
+        self._coalescer: Coalescer[bytes, FaceScores | ErrorInfo] = Coalescer(
             self._call, max_items=config.max_images, slots=config.max_calls_in_flight, on_call=self._observe_call
         )
 
@@ -101,10 +101,10 @@ class Ingress:
             )
             return result
 
-    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+    async def classify(self, images: list[bytes]) -> list[FaceScores | ErrorInfo]:
         with self._admission.admit(len(images)), _overload_as_503():
             # A lost call fails every request it carried; each comes back through the coalescer on its own.
-            result: list[np.ndarray | ErrorInfo] = await self._with_retries(
+            result: list[FaceScores | ErrorInfo] = await self._with_retries(
                 "classify", lambda: self._coalescer.submit(images)
             )
             return result
@@ -126,9 +126,9 @@ class Ingress:
         for count, value in (("calls", 1), ("requests", requests), ("images", images)):
             self._metrics.coalesced[count].inc(value)
 
-    async def _call(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+    async def _call(self, images: list[bytes]) -> list[FaceScores | ErrorInfo]:
         start = time.perf_counter()
-        results: list[np.ndarray | ErrorInfo] = await self._pre.classify.remote(images)
+        results: list[FaceScores | ErrorInfo] = await self._pre.classify.remote(images)
         self._metrics.stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "preprocess_call"})
         return results
 

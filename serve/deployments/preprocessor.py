@@ -1,7 +1,7 @@
 """The preprocessing deployment: decode and validate images, resize them to the contract, call the model.
 
 One handle call carries many images (the ingress coalesces requests); one model call carries the decoded uint8
-stack. Later stages (face detection for /v1/analyze) add methods here.
+stack. Every face (detected or uploaded) is also judged by the unreadable rule here, where its pixels are.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from ray.serve.handle import DeploymentHandle
 from models.contract import load_contract
 from serve.core.detection import CenterFaceDetector, DetectorConfig
 from serve.core.frames import FrameAnalyzer, FrameFaces, with_probabilities
-from serve.core.imaging import configure_pillow, decode_image
+from serve.core.imaging import configure_pillow, decode_face
+from serve.core.inference import FaceScores
+from serve.core.quality import QualityRule, UnreadableReason, measure_upload, unreadable_reason
 from serve.errors import ErrorInfo, ServiceError
 from serve.runtime.metrics import stage_histogram
 
@@ -33,6 +35,7 @@ class Preprocessor:
         max_image_pixels: largest accepted width x height.
         detector: face detector settings for whole frames (``analyze``).
         threads: threads that decode frames and detect faces (EMOTION_PREPROCESS_THREADS).
+        quality: the unreadable rule (EMOTION_UNREADABLE_*; None: ``QualityRule()``).
     """
 
     def __init__(
@@ -42,13 +45,16 @@ class Preprocessor:
         max_image_pixels: int,
         detector: DetectorConfig | None = None,
         threads: int = 2,
+        quality: QualityRule | None = None,
     ) -> None:
         self._model = model
         self._contract = load_contract(model_dir, require_onnx=False)
         self._max_pixels = max_image_pixels
         configure_pillow(max_image_pixels)
         self._stage = stage_histogram()
-        self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels)
+        self._quality = quality or QualityRule()
+        self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels,
+                                     quality=self._quality)  # fmt: skip
         # Decode + detection release the GIL; a small pool keeps them off the event loop without oversubscribing.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="detect")
 
@@ -66,21 +72,24 @@ class Preprocessor:
         self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
         return with_probabilities(faces, probs)
 
-    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
-        """Probabilities or an ErrorInfo for every image, in input order."""
+    async def classify(self, images: list[bytes]) -> list[FaceScores | ErrorInfo]:
+        """Probabilities and the unreadable verdict, or an ErrorInfo, for every image, in input order."""
         start = time.perf_counter()
-        results: list[np.ndarray | ErrorInfo] = []
+        results: list[UnreadableReason | ErrorInfo | None] = []
         decoded: list[np.ndarray] = []
         for data in images:
             try:
-                decoded.append(decode_image(data, self._contract, max_pixels=self._max_pixels))
-                results.append(decoded[-1])
+                pixels, size = decode_face(data, self._contract, max_pixels=self._max_pixels)
             except ServiceError as exc:
                 results.append(exc.info())
+                continue
+            decoded.append(pixels)
+            # The upload is the face: its own size, and the detail left after resizing to the model's input.
+            results.append(unreadable_reason(measure_upload(size, pixels), self._quality))
         self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "decode"})
         if not decoded:
-            return results
+            return [r for r in results if isinstance(r, ErrorInfo)]
         start = time.perf_counter()
         probs = iter(await self._model.predict.remote(np.stack(decoded)))
         self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
-        return [r if isinstance(r, ErrorInfo) else next(probs) for r in results]
+        return [r if isinstance(r, ErrorInfo) else FaceScores(next(probs), r) for r in results]

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from serve.core.imaging import MEDIA_TYPES
+from serve.core.quality import UnreadableReason
 from serve.http.bodies import MULTIPART
 
 
@@ -26,18 +27,43 @@ class ErrorResponse(BaseModel):
     request_id: str
 
 
-class ClassifyResponse(BaseModel):
+class Emotion(BaseModel):
+    """The fields of every answer about one face (``serve.core.inference.Prediction``)."""
+
+    label: str | None = Field(
+        description="The most probable answer label (one of the keys of `probabilities`); null when `readable` is "
+        "false: the service claims no emotion for a face it cannot read."
+    )
+    probabilities: dict[str, float] = Field(
+        description="Probability of every answer label, in answer order, summing to 1: the model's labels, or, when "
+        "its config.json groups them, each group's summed probability and `other` (the labels in no group). Given "
+        "for unreadable faces too, as what the model computed, not as an answer."
+    )
+    model_probabilities: dict[str, float] | None = Field(
+        None,
+        description="Only when config.json groups labels: the probability of every model label, in model order "
+        "(absent otherwise).",
+    )
+    readable: bool = Field(description="False when the face is too small, blurred or barely detected.")
+    unreadable_reason: UnreadableReason | None = Field(
+        description="Why the face cannot be read (the first failing rule: too_small, blurred, weak_detection); "
+        "null when readable."
+    )
+
+
+class ClassifyResponse(Emotion):
     request_id: str
-    label: str = Field(description="The most probable emotion.")
-    probabilities: dict[str, float] = Field(description="Probability of every label in the model's label order.")
     model: ModelRef
 
 
 class BatchItem(BaseModel):
     index: int = Field(description="Position of the image in the request.")
-    label: str | None = None
+    label: str | None = Field(None, description="As in /v1/classify; also null when this image failed.")
     probabilities: dict[str, float] | None = None
-    error: ErrorDetail | None = Field(None, description="Set instead of label/probabilities when this image failed.")
+    model_probabilities: dict[str, float] | None = None
+    readable: bool | None = None
+    unreadable_reason: UnreadableReason | None = None
+    error: ErrorDetail | None = Field(None, description="Set instead of the emotion fields when this image failed.")
 
 
 class BatchResponse(BaseModel):
@@ -49,7 +75,14 @@ class BatchResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
-    labels: list[str]
+    labels: list[str] = Field(description="The model's labels, in model order (`model_probabilities` keys).")
+    answer_labels: list[str] = Field(
+        description="The labels the service answers in (`label`, `probabilities` keys): `labels` unless config.json "
+        "groups them, then the groups and `other`."
+    )
+    answer: dict[str, Any] | None = Field(
+        description='config.json\'s grouping {"groups": {answer label: [model labels]}, "other": name}, or null.'
+    )
     input: dict[str, Any] = Field(description="Input tensor and preprocessing contract (config.json).")
     metrics: dict[str, Any] | None = Field(description="The bundled model's evaluation report (metrics.json).")
 
@@ -58,12 +91,15 @@ class Health(BaseModel):
     status: str
 
 
-class FaceResult(BaseModel):
+class FaceResult(Emotion):
     box: list[float] = Field(description="[x, y, w, h] in pixels of the original (EXIF-upright) frame.")
     score: float = Field(description="Detection confidence (CenterFace heatmap peak).")
-    label: str
-    probabilities: dict[str, float]
     track_id: int | None = Field(None, description="Stream only: stable id of this face across frames.")
+    smoothed_label: str | None = Field(
+        None,
+        description="Stream only: argmax of the mean probabilities over the track's last readable frames (up to "
+        "5); null while the track has no readable frame.",
+    )
 
 
 class AnalyzeResponse(BaseModel):
@@ -83,6 +119,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {  # every route's error answ
     422: {"model": ErrorResponse, "description": "invalid_image, missing_field, validation_error"},
     503: {"model": ErrorResponse, "description": "overloaded (with Retry-After), not_ready"},
 }
+
+
 def _multipart(field: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"schema": {"type": "object", "required": [field], "properties": {field: schema}}}
 

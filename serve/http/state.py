@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,6 +12,7 @@ from starlette.requests import HTTPConnection
 from models.contract import ModelContract
 from serve.core.admission import Admission
 from serve.core.frames import FrameFaces
+from serve.core.inference import FaceScores
 from serve.errors import ErrorInfo
 from serve.runtime.metrics import IngressMetrics
 from serve.runtime.settings import Settings
@@ -19,8 +21,10 @@ from serve.runtime.settings import Settings
 class Pipeline(Protocol):
     """What the routes need from the deployment graph: the Ingress deployment in Serve, in-process fakes in tests."""
 
-    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
-        """Probabilities (float32, contract label order) or an ErrorInfo per image, in input order."""
+    async def classify(self, images: list[bytes]) -> Sequence[FaceScores | np.ndarray | ErrorInfo]:
+        """FaceScores (probabilities in model label order + the unreadable verdict) or an ErrorInfo per image, in
+        input order. A bare float32 array is a face's probabilities with no verdict (readable), as simple fakes
+        return them."""
         ...
 
     async def analyze(self, frame: bytes) -> FrameFaces | ErrorInfo:

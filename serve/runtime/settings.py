@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.contract import DEFAULT_MODEL_DIR
+from serve.core.quality import QualityRule
 
 ENV_PREFIX = "EMOTION_"
 # The one Serve config: `emotion serve`, `serve run`, `serve deploy` and the KubeRay manifest all run it.
@@ -67,6 +68,16 @@ class Settings(BaseSettings):
     detector_threads: int = Field(1, ge=1, le=64, description="onnxruntime threads of the face detector.")
     min_face_px: int = Field(0, ge=0, description="Drop faces smaller than this (box width or height, pixels).")
     max_faces: int = Field(64, ge=1, le=1024, description="Most faces classified per frame (best scores kept).")
+    # Unreadable faces (serve.core.quality): the defaults are QualityRule's, chosen in reports/real_photos/README.md.
+    unreadable_min_face_px: float = Field(
+        QualityRule.min_face_px, ge=0, description="A face box (or uploaded crop) with a shorter side is too_small."
+    )
+    unreadable_min_sharpness: float = Field(
+        QualityRule.min_sharpness, ge=0, description="A model input crop with less Laplacian variance is blurred."
+    )
+    unreadable_min_score: float = Field(
+        QualityRule.min_score, ge=0, lt=1, description="A detection scored below this is weak_detection."
+    )
     stream_max_pending: int = Field(2, ge=0, le=64, description="Frames waiting per stream before the oldest drops.")
     stream_concurrency: int = Field(2, ge=1, le=16, description="Frames of one stream analysed at once.")
 

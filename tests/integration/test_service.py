@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from models.data import DEFAULT_CLASSES
-from serve.core.imaging import decode_image
-from serve.core.inference import OnnxClassifier
+from serve.core.imaging import decode_face
+from serve.core.inference import OnnxClassifier, answer
+from serve.core.quality import measure_upload, unreadable_reason
 from serve.runtime.metrics import EXPORTED_NAMES
 from serve.runtime.settings import load_settings
 from tests.conftest import encode, require_fer
@@ -50,8 +51,10 @@ def test_fer_predictions_equal_in_process_onnxruntime(service: Service) -> None:
     for (label, data), resp in zip(faces, responses, strict=True):
         assert resp.status_code == 200, resp.text
         body = resp.json()
-        probs = clf.predict_proba(decode_image(data, clf.contract, max_pixels=4_000_000)[None])[0]
-        assert body["label"] == clf.labels[int(np.argmax(probs))]
+        pixels, size = decode_face(data, clf.contract, max_pixels=4_000_000)
+        probs = clf.predict_proba(pixels[None])[0]
+        expected = answer(probs, clf.contract, unreadable_reason(measure_upload(size, pixels)))
+        assert body["label"] == expected.label and body["unreadable_reason"] == expected.unreadable_reason
         assert np.allclose([body["probabilities"][k] for k in clf.labels], probs, rtol=0, atol=1e-6)
         correct += body["label"] == label
     accuracy = correct / len(faces)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from models.contract import InputSpec, ModelContract
 from models.data import default_data_dir
+from serve.core.quality import REASONS
 from tests.conftest import encode
 from tests.integration.conftest import API_KEY, HANG_GUARD_S, Service, start_private_service
 
@@ -78,14 +79,26 @@ def seven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         stop()
 
 
-def grey_png(level: int) -> bytes:
+def grey_png(level: int, size: int = 48) -> bytes:
+    """Mean grey ``level`` as a +-20 checkerboard: the model sees the level, the unreadable rule sees detail (a flat
+    image is ``blurred``)."""
+    board = np.indices((size, size)).sum(axis=0) % 2 * 40 - 20
+    return encode(Image.fromarray(np.clip(level + board, 0, 255).astype(np.uint8)))
+
+
+def flat_png(level: int = 128) -> bytes:
     return encode(Image.new("L", (48, 48), level))
 
 
-def assert_seven(item: dict[str, Any], where: str = "answer") -> None:
+def assert_seven(item: dict[str, Any], where: str = "answer", labels: tuple[str, ...] = LABELS) -> None:
+    """A face answer in ``labels``: a readable face names the most probable one, an unreadable one none."""
     probs = item["probabilities"]
-    assert list(probs) == list(LABELS), where
-    assert item["label"] in LABELS and item["label"] == max(probs, key=probs.__getitem__), where
+    assert list(probs) == list(labels), where
+    if item["readable"]:
+        assert item["label"] in labels and item["label"] == max(probs, key=probs.__getitem__), where
+        assert item["unreadable_reason"] is None, where
+    else:
+        assert item["label"] is None and item["unreadable_reason"] in REASONS, where
     assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-5), (where, sum(probs.values()))
 
 
@@ -113,7 +126,8 @@ def test_classify_answers_each_of_the_seven_labels(seven: Service) -> None:
         resp = seven.client.post("/v1/classify", content=grey_png(level), headers={"content-type": "image/png"})
         assert resp.status_code == 200, resp.text
         assert_seven(resp.json(), label)
-        assert resp.json()["label"] == label
+        assert resp.json()["label"] == label and resp.json()["readable"]
+        assert "model_probabilities" not in resp.json()  # this contract groups no labels
 
 
 def test_batch_answers_seven_labels_in_input_order(seven: Service) -> None:
@@ -169,7 +183,8 @@ def test_stream_answers_seven_probabilities_and_a_smoothed_label(seven: Service)
     for r in answered:
         for face in r["faces"]:
             assert_seven(face, f"frame {r['index']}")
-            assert face["smoothed_label"] in LABELS and face["track_id"] >= 1
+            assert face["track_id"] >= 1
+            assert face["smoothed_label"] in LABELS or (face["smoothed_label"] is None and not face["readable"])
 
 
 def test_metrics_count_predictions_of_labels_beyond_the_first_three(seven: Service) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serve.core.inference import to_prediction
+from serve.core.inference import FaceScores, answer
 from serve.errors import ErrorInfo, from_info
 from serve.http.bodies import many_images, read_body, read_single_image
 from serve.http.schemas import BATCH_BODY, ERROR_RESPONSES, SINGLE_IMAGE_BODY, BatchResponse, ClassifyResponse
@@ -18,11 +19,12 @@ from serve.http.state import ServiceState, get_state, request_id
 router = APIRouter(prefix="/v1", tags=["classify"])
 
 
-def _result(state: ServiceState, probs: np.ndarray) -> dict[str, Any]:
-    return to_prediction(probs, state.contract.labels).to_json()
+def _result(state: ServiceState, item: FaceScores | np.ndarray) -> dict[str, Any]:
+    scores = item if isinstance(item, FaceScores) else FaceScores(np.asarray(item))
+    return answer(scores.probabilities, state.contract, scores.unreadable).to_json()
 
 
-def _count(state: ServiceState, results: list[np.ndarray | ErrorInfo]) -> None:
+def _count(state: ServiceState, results: Sequence[FaceScores | np.ndarray | ErrorInfo]) -> None:
     # One counter update per outcome, not per image: each update costs tens of microseconds in Ray's metrics.
     outcomes = Counter(item.code if isinstance(item, ErrorInfo) else "ok" for item in results)
     for outcome, count in outcomes.items():

@@ -1,4 +1,5 @@
-"""POST /v1/analyze: every face of one camera frame with its box, detection score, emotion and probabilities."""
+"""POST /v1/analyze: every face of one camera frame with its box, detection score, emotion and probabilities (or
+``"readable": false`` and why, for a face the model cannot read)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,6 @@ async def analyze(request: Request) -> JSONResponse:
     state.metrics.faces.observe(len(result.boxes), tags={"route": ROUTE})
     body_out: dict[str, Any] = {
         "request_id": request_id(request), "model": state.model_ref, "width": result.width, "height": result.height,
-        "faces": face_records(result, state.contract.labels),
+        "faces": face_records(result, state.contract),
     }  # fmt: skip
     return JSONResponse(body_out)

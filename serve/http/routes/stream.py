@@ -3,7 +3,8 @@
 Replies: ``{"index", "width", "height", "faces": [...], "latency_ms"}``, ``{"index", "dropped": true}`` (the frame
 waited while newer ones arrived: drop-oldest, serve.core.streaming) or ``{"index", "error": {code, message}}``
 (a malformed frame; the stream goes on). A text message ``end`` asks the server to answer what it has and close.
-Query ``?track=false`` turns off track ids (``track_id``) and the smoothed label (``smoothed_label``).
+Query ``?track=false`` turns off track ids (``track_id``) and the smoothed label (``smoothed_label``, over the
+track's readable frames only: an unreadable face, ``"label": null``, adds nothing to it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
         await websocket.close(code=1008, reason=exc.message[:120])
         return
     await websocket.accept()
-    labels, limit, metrics = state.contract.labels, state.settings.max_body_bytes, state.metrics
+    contract, limit, metrics = state.contract, state.settings.max_body_bytes, state.metrics
     tracker = FaceTracker() if track else None
 
     async def analyze(data: bytes) -> Reply:
@@ -47,7 +48,7 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
         result = await state.pipeline.analyze(data)
         if isinstance(result, ErrorInfo):
             raise from_info(result)
-        return {"width": result.width, "height": result.height, "faces": face_records(result, labels)}
+        return {"width": result.width, "height": result.height, "faces": face_records(result, contract)}
 
     def on_reply(reply: Reply) -> None:
         outcome = "dropped" if reply.get("dropped") else reply["error"]["code"] if "error" in reply else "ok"
@@ -55,7 +56,7 @@ async def stream(websocket: WebSocket, track: bool = True) -> None:
         if "faces" in reply:
             metrics.faces.observe(len(reply["faces"]), tags={"route": ROUTE})
             if tracker is not None:
-                track_faces(tracker, reply["faces"], labels)
+                track_faces(tracker, reply["faces"], contract.answer_labels)
 
     session = StreamSession(
         analyze, websocket.send_json, max_pending=state.settings.stream_max_pending,

@@ -43,6 +43,8 @@ async def model_info(request: Request) -> JSONResponse:
         "name": state.contract.name,
         "version": state.contract.version,
         "labels": list(state.contract.labels),
+        "answer_labels": list(state.contract.answer_labels),
+        "answer": contract.get("answer"),
         "input": {"tensor": contract["input"], "preprocessing": contract["preprocessing"]},
         "metrics": state.model_metrics,
     }

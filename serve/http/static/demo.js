@@ -19,12 +19,15 @@ function drawFaces(faces, srcWidth, srcHeight, shown) {
   list.replaceChildren();
   for (const face of faces) {
     const [x, y, w, h] = face.box;
-    const label = face.smoothed_label || face.label;
-    const text = `${label} ${(face.probabilities[face.label] * 100).toFixed(0)}%` +
-      (face.track_id ? ` #${face.track_id}` : "");
-    ctx.strokeStyle = "#3f3";
+    // An unreadable face has no label (null): say why, in grey, instead of an emotion.
+    const readable = face.readable !== false && face.label !== null;
+    const label = readable ? (face.smoothed_label || face.label) : "unreadable";
+    const text = (readable ? `${label} ${(face.probabilities[face.label] * 100).toFixed(0)}%`
+      : `unreadable (${face.unreadable_reason})`) + (face.track_id ? ` #${face.track_id}` : "");
+    const colour = readable ? "#3f3" : "#999";
+    ctx.strokeStyle = colour;
     ctx.strokeRect(x * sx, y * sy, w * sx, h * sy);
-    ctx.fillStyle = "#3f3";
+    ctx.fillStyle = colour;
     ctx.fillRect(x * sx, Math.max(0, y * sy - 18), ctx.measureText(text).width + 8, 18);
     ctx.fillStyle = "#000";
     ctx.fillText(text, x * sx + 4, Math.max(14, y * sy - 4));

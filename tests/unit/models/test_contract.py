@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import typing
 from dataclasses import replace
@@ -211,3 +212,74 @@ def test_load_metrics_is_the_bundled_report_or_none(tmp_path: Path) -> None:
     metrics = load_metrics(DEFAULT_MODEL_DIR)
     assert metrics is not None and metrics["labels"] == list(load_contract(DEFAULT_MODEL_DIR).labels)
     assert load_metrics(tmp_path) is None
+
+
+# ----------------------------------------------------------------------------------------------- answer grouping
+
+SEVEN = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+THREE_AND_OTHER = {"groups": {"angry": ["angry"], "happy": ["happy"], "sad": ["sad"]}, "other": "other"}
+
+
+def seven(answer: Any) -> ModelContract:
+    return ModelContract.from_dict({"name": "s", "version": "1", "labels": list(SEVEN), "answer": answer})
+
+
+def test_without_answer_the_service_answers_in_the_model_labels() -> None:
+    plain = contract()
+    assert plain.answer is None and plain.answer_labels == LABELS
+    probs = np.array([[0.2, 0.3, 0.5]], np.float32)
+    assert plain.group(probs) is probs  # untouched, not a copy
+    np.testing.assert_array_equal(plain.grouping_matrix, np.eye(3, dtype=np.float32))
+    assert "answer" not in plain.to_dict()  # config.json files without grouping are written as before
+
+
+def test_a_grouping_sums_each_group_and_the_rest_into_other_in_answer_order(tmp_path: Path) -> None:
+    grouped = seven({"groups": {"sad": ["sad"], "angry": ["angry", "disgust"], "happy": ["happy"]}})
+    assert grouped.answer_labels == ("sad", "angry", "happy", "other")  # the file's order, then other
+    probs = np.random.default_rng(0).dirichlet(np.ones(7), 5).astype(np.float32)
+    out = grouped.group(probs)
+    assert out.shape == (5, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out.sum(axis=1), probs.sum(axis=1), atol=1e-6)  # mass is kept
+    np.testing.assert_allclose(out[:, 0], probs[:, 4], atol=1e-7)
+    np.testing.assert_allclose(out[:, 1], probs[:, 0] + probs[:, 1], atol=1e-6)
+    np.testing.assert_allclose(out[:, 3], probs[:, [2, 5, 6]].sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(grouped.group(probs[0]), out[0], atol=1e-7)  # one row works too
+    grouped.save(tmp_path)
+    assert load_contract(tmp_path, require_onnx=False) == grouped  # round trip through config.json
+
+
+def test_other_is_left_out_when_every_label_is_grouped_and_may_be_renamed() -> None:
+    everything = seven({"groups": {"negative": ["angry", "disgust", "fear", "sad"], "positive": ["happy"],
+                                   "neutral": ["neutral", "surprise"]}})  # fmt: skip
+    assert everything.answer_labels == ("negative", "positive", "neutral")
+    renamed = seven({**THREE_AND_OTHER, "other": "none_of_these"})
+    assert renamed.answer_labels == ("angry", "happy", "sad", "none_of_these")
+    assert seven({"groups": THREE_AND_OTHER["groups"]}).answer_labels[-1] == "other"  # the default name
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"groups": {"angry": ["anger"]}}, "'anger' is not a model label"),
+        ({"groups": {"angry": ["angry"], "bad": ["angry", "disgust"]}}, "'angry' and 'bad' both hold 'angry'"),
+        ({"groups": {"angry": ["angry", "angry"]}}, "lists 'angry' twice"),
+        ({"groups": {"sad": ["neutral"]}}, "named like the model label 'sad'"),
+        ({"groups": {"angry": ["angry"]}, "other": "neutral"}, "already a model label"),
+        ({"groups": {"angry": ["angry"], "calm": ["neutral"]}, "other": "calm"}, "already a model label or a group"),
+        ({"groups": {"angry": ["angry"]}, "other": None}, "are in no group and answer.other is null"),
+        ({"groups": {"angry": ["angry"]}, "other": ""}, "non-empty name or null"),
+        ({"groups": {}}, "at least one group"),
+        ({"groups": {"angry": []}}, "lists no model label"),
+        ({"groups": {"angry": "angry"}}, "must be a list of model labels"),
+        ({"groups": [["angry", ["angry"]]]}, "answer must be"),
+        ({"groups": {"angry": ["angry"]}, "others": "x"}, "answer must be"),
+        (["angry"], "answer must be"),
+    ],
+)
+def test_bad_groupings_are_contract_errors_naming_the_problem(answer: Any, message: str) -> None:
+    with pytest.raises(ContractError, match=re.escape(message)):
+        seven(answer)
+
+
+def test_a_null_answer_is_no_grouping() -> None:
+    assert seven(None).answer is None and seven(None).answer_labels == SEVEN

@@ -29,17 +29,21 @@ def test_build_app_wires_ingress_preprocessor_and_model() -> None:
     settings = load_settings()
     model_dir = str(settings.model_dir.resolve())
     assert model.init_args == (model_dir, settings.ort_threads, settings.ort_parallel_runs)
-    _, pre_dir, max_pixels, detector, threads = preprocessor.init_args
+    _, pre_dir, max_pixels, detector, threads, quality = preprocessor.init_args
     assert (pre_dir, max_pixels, threads) == (model_dir, settings.max_image_pixels, settings.preprocess_threads)
     assert detector.max_faces == settings.max_faces
+    assert quality.min_sharpness == settings.unreadable_min_sharpness
     bound_settings, digests = ingress.init_args[2:]
     assert isinstance(bound_settings, Settings) and bound_settings == settings and digests == ()
 
 
 def test_build_app_args_override_the_defaults_and_null_means_default() -> None:
-    ingress, preprocessor, model = graph(build_app({"ort_threads": 3, "max_image_pixels": 5000, "model_dir": None}))
+    ingress, preprocessor, model = graph(
+        build_app({"ort_threads": 3, "max_image_pixels": 5000, "model_dir": None, "unreadable_min_face_px": 24})
+    )
     assert model.init_args[1] == 3
     assert preprocessor.init_args[2] == 5000
+    assert preprocessor.init_args[5].min_face_px == 24
     assert ingress.init_args[2].max_image_pixels == 5000
 
 

@@ -58,9 +58,21 @@ def test_unknown_or_missing_command_is_a_usage_error(argv: list[str], capsys: py
     assert "commands:" in capsys.readouterr().out
 
 
-def test_predict_prints_one_json_line_per_file(
+def test_predict_says_a_featureless_image_is_unreadable_like_the_service(
     tmp_path: Path, face_png: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    image = tmp_path / "face.png"
+    image.write_bytes(face_png)  # a smooth gradient: no detail for the model to read
+    assert cli.main(["predict", str(image)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["label"] is None and record["readable"] is False and record["unreadable_reason"] == "blurred"
+    assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_prints_one_json_line_per_file(
+    tmp_path: Path, face_png: bytes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_UNREADABLE_MIN_SHARPNESS", "0")  # the gradient passes once the blur rule is off
     image, missing = tmp_path / "face.png", tmp_path / "missing.png"
     image.write_bytes(face_png)
     assert cli.main(["predict", str(image)]) == 0

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from models.contract import DEFAULT_MODEL_DIR, load_contract
+from models.contract import DEFAULT_MODEL_DIR, AnswerSpec, load_contract
 from serve.core.detection import Face
-from serve.core.frames import FrameAnalyzer, FrameFaces, detector_config, face_records, with_probabilities
+from serve.core.frames import (
+    FrameAnalyzer,
+    FrameFaces,
+    detector_config,
+    face_records,
+    quality_rule,
+    with_probabilities,
+)
 from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
 from serve.runtime.settings import load_settings
 from tests.conftest import encode
@@ -88,13 +97,66 @@ def test_face_records_json_shape_and_label_is_the_argmax() -> None:
     probs[0, n - 1], probs[1, 0] = 0.7, 0.3
     boxes = np.array([[1.04, 2.06, 30.0, 31.0], [5.0, 6.0, 7.0, 8.0]], np.float32)
     frame = FrameFaces(64, 48, boxes, np.array([0.987654, 0.5], np.float32), probs)
-    records = face_records(frame, labels)
-    assert [set(r) for r in records] == [{"box", "score", "label", "probabilities"}] * 2
+    records = face_records(frame, CONTRACT)
+    assert [set(r) for r in records] == [
+        {"box", "score", "label", "probabilities", "readable", "unreadable_reason"}
+    ] * 2  # no model_probabilities: the bundled config.json groups no labels
     assert records[0]["box"] == [1.0, 2.1, 30.0, 31.0]
     assert records[0]["score"] == 0.9877
     assert [r["label"] for r in records] == [labels[n - 1], labels[0]]
     assert list(records[0]["probabilities"]) == list(labels)
     assert records[1]["probabilities"][labels[0]] == pytest.approx(0.3)
+
+
+def test_face_records_of_unreadable_faces_keep_probabilities_but_no_label() -> None:
+    n = CONTRACT.num_classes
+    probs = np.full((2, n), 1.0 / n, np.float32)
+    probs[:, 0] += 0.5
+    boxes = np.array([[0, 0, 30, 30], [40, 0, 8, 8]], np.float32)
+    frame = FrameFaces(64, 48, boxes, np.array([0.9, 0.9], np.float32), probs, unreadable=(None, "too_small"))
+    readable, small = face_records(frame, CONTRACT)
+    assert (readable["label"], readable["readable"], readable["unreadable_reason"]) == (CONTRACT.labels[0], True, None)
+    assert (small["label"], small["readable"], small["unreadable_reason"]) == (None, False, "too_small")
+    assert small["probabilities"] == readable["probabilities"]  # what the model said, not an answer
+
+
+def test_face_records_answer_in_the_contract_groups() -> None:
+    labels = ("angry", "disgust", "happy", "sad", "neutral")
+    grouped = replace(CONTRACT, labels=labels, answer=AnswerSpec((("angry", ("angry", "disgust")), ("sad", ("sad",)))))
+    probs = np.array([[0.1, 0.2, 0.3, 0.15, 0.25]], np.float32)
+    frame = FrameFaces(64, 48, np.array([[0, 0, 30, 30]], np.float32), np.array([0.9], np.float32), probs)
+    (record,) = face_records(frame, grouped)
+    assert list(record["probabilities"]) == ["angry", "sad", "other"]
+    assert record["probabilities"] == pytest.approx({"angry": 0.3, "sad": 0.15, "other": 0.55})
+    assert record["label"] == "other"  # happy + neutral outweigh each group
+    assert list(record["model_probabilities"]) == list(labels)
+    assert record["model_probabilities"]["happy"] == pytest.approx(0.3)
+
+
+def test_prepare_judges_every_face_with_the_quality_rule() -> None:
+    from serve.core.quality import QualityRule
+
+    pixels = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    pixels[:, 150:] = 128  # a flat region: no detail for the model
+    faces = [Face((10.0, 10.0, 40.0, 40.0), 0.9), Face((60.0, 60.0, 10.0, 10.0), 0.9),
+             Face((155.0, 10.0, 40.0, 40.0), 0.9), Face((10.0, 60.0, 40.0, 40.0), 0.5)]  # fmt: skip
+    data = encode(Image.fromarray(pixels))
+    frames = FrameAnalyzer(CONTRACT, FakeDetector(faces), 1_000_000, quality=QualityRule())
+    prepared, _ = frames.prepare(data)
+    assert prepared.reasons() == (None, "too_small", "blurred", "weak_detection")
+    off = FrameAnalyzer(CONTRACT, FakeDetector(faces), 1_000_000, quality=QualityRule(0, 0, 0)).prepare(data)[0]
+    assert off.reasons() == (None,) * 4
+    assert with_probabilities(prepared, np.zeros((4, CONTRACT.num_classes))).unreadable == prepared.unreadable
+
+
+def test_quality_rule_follows_the_settings() -> None:
+    settings = load_settings(unreadable_min_face_px=20, unreadable_min_sharpness=0, unreadable_min_score=0.6)
+    rule = quality_rule(settings)
+    assert (rule.min_face_px, rule.min_sharpness, rule.min_score) == (20, 0, 0.6)
+    default = quality_rule(load_settings())
+    from serve.core.quality import QualityRule
+
+    assert default == QualityRule()  # one home: the settings' defaults are the rule's
 
 
 def test_detector_config_follows_the_settings() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from models.contract import ModelContract
-from serve.core.imaging import decode_image
+from serve.core.imaging import decode_face, decode_image
 from serve.errors import EmptyBody, ImageTooLarge, InvalidImage
 from tests.conftest import encode
 
@@ -111,3 +112,13 @@ def test_exotic_header_values_are_invalid_not_crashes() -> None:
     for data in (png_header_only(0, 10), png_header_only(48, 48), b"RIFF\x00\x00\x00\x00WEBPVP8 "):
         with pytest.raises((InvalidImage, ImageTooLarge)):
             decode(data)
+
+
+def test_decode_face_also_gives_the_upright_upload_size() -> None:
+    pixels, size = decode_face(encode(Image.new("RGB", (120, 90), "white")), CONTRACT, max_pixels=LIMIT)
+    assert pixels.shape == (48, 48) and size == (120, 90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: the upright image is 90 wide, 120 high
+    buf = io.BytesIO()
+    Image.new("RGB", (120, 90)).save(buf, format="JPEG", exif=exif)
+    assert decode_face(buf.getvalue(), CONTRACT, max_pixels=LIMIT)[1] == (90, 120)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.contract import DEFAULT_MODEL_DIR, ContractError, ModelContract
-from serve.core.inference import OnnxClassifier, normalise, softmax, to_prediction
+from serve.core.inference import OnnxClassifier, answer, normalise, softmax, to_prediction
 
 CONTRACT = ModelContract(name="t", version="0", labels=("angry", "happy", "sad"))
 
@@ -168,3 +168,29 @@ def test_bundled_model_gives_the_same_answers_with_parallel_runs() -> None:
 def test_parallel_runs_must_be_positive() -> None:
     with pytest.raises(ValueError, match="parallel_runs=0"):
         OnnxClassifier(DEFAULT_MODEL_DIR, parallel_runs=0)
+
+
+def test_answer_without_grouping_is_the_prediction_plus_the_readable_fields() -> None:
+    probs = np.array([0.2, 0.5, 0.3], np.float32)
+    body = answer(probs, CONTRACT).to_json()
+    assert body == {**to_prediction(probs, CONTRACT.labels).to_json(), "readable": True, "unreadable_reason": None}
+    assert list(body) == ["label", "probabilities", "readable", "unreadable_reason"]
+    flagged = answer(probs, CONTRACT, "too_small")
+    assert (flagged.label, flagged.unreadable_reason) == (None, "too_small")
+    assert flagged.probabilities == body["probabilities"]
+
+
+def test_answer_groups_the_probabilities_and_keeps_the_model_s_own() -> None:
+    from models.contract import AnswerSpec
+
+    seven = ModelContract(name="s", version="0", labels=("angry", "disgust", "fear", "happy", "sad", "surprise",
+                          "neutral"), answer=AnswerSpec((("angry", ("angry",)), ("happy", ("happy",)),
+                          ("sad", ("sad",)))))  # fmt: skip
+    surprised = np.array([0.3, 0.0, 0.05, 0.05, 0.1, 0.4, 0.1], np.float32)  # angry is the top model label of three
+    pred = answer(surprised, seven)
+    assert list(pred.probabilities) == ["angry", "happy", "sad", "other"] and pred.label == "other"
+    assert pred.probabilities["other"] == pytest.approx(0.55)
+    assert pred.model_probabilities is not None and list(pred.model_probabilities) == list(seven.labels)
+    body = pred.to_json()
+    assert list(body) == ["label", "probabilities", "model_probabilities", "readable", "unreadable_reason"]
+    assert answer(surprised, seven, "blurred").label is None

@@ -13,6 +13,7 @@ from serve.core.quality import (
     FaceQuality,
     QualityRule,
     measure,
+    measure_upload,
     sharpness,
     unreadable_reason,
 )
@@ -71,3 +72,16 @@ def test_rule_fails_fast_on_nonsense() -> None:
         QualityRule(min_score=1.0)
     with pytest.raises(ValueError):
         QualityRule(min_face_px=-1)
+
+
+def test_an_uploaded_crop_is_judged_by_its_own_size_and_never_by_a_score() -> None:
+    sharp = (np.indices((48, 48)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    q = measure_upload((12, 30), sharp)
+    assert (q.face_px, q.score) == (12.0, None) and q.sharpness > 1e4
+    assert unreadable_reason(q) == TOO_SMALL
+    assert unreadable_reason(measure_upload((48, 48), sharp)) is None  # no detection: weak_detection cannot apply
+    assert unreadable_reason(measure_upload((48, 48), np.full((48, 48), 7, np.uint8))) == BLURRED
+
+
+def test_zero_thresholds_turn_the_rule_off() -> None:
+    assert unreadable_reason(FaceQuality(0.0, 0.0, 0.0), QualityRule(0, 0, 0)) is None

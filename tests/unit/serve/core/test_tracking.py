@@ -63,3 +63,21 @@ def test_track_faces_smooths_any_number_of_labels() -> None:
 def test_bad_settings_fail_fast() -> None:
     with pytest.raises(ValueError, match="window=0"):
         FaceTracker(window=0)
+
+
+def test_unreadable_faces_keep_their_track_but_never_move_the_smoothed_label() -> None:
+    labels = ("angry", "happy", "sad", "other")
+
+    def face(top: str, readable: bool = True) -> dict[str, object]:
+        probs = {label: (0.7 if label == top else 0.1) for label in labels}
+        return {"box": [0.0, 0.0, 50.0, 50.0], "label": top if readable else None, "probabilities": probs,
+                "readable": readable}  # fmt: skip
+
+    tracker = FaceTracker(window=3)
+    frames = [[face("sad", readable=False)], [face("happy")], [face("sad", readable=False)], [face("other")]]
+    for faces in frames:
+        track_faces(tracker, faces, labels)
+    assert [f[0]["track_id"] for f in frames] == [1, 1, 1, 1]
+    # No readable frame yet: no smoothed label; then only the readable frames count (happy, then happy + other).
+    assert [f[0]["smoothed_label"] for f in frames] == [None, "happy", "happy", "happy"]
+    assert len(tracker.tracks[0].history) == 2

@@ -14,6 +14,8 @@ from models.contract import DEFAULT_MODEL_DIR, load_contract
 from serve.core.detection import Face
 from serve.core.frames import FrameFaces
 from serve.core.imaging import decode_image
+from serve.core.inference import FaceScores
+from serve.core.quality import QualityRule
 from serve.deployments import preprocessor as pre_module
 from serve.errors import ErrorInfo
 from serve.runtime.metrics import _NullMetric
@@ -59,10 +61,10 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Any, F
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the replica sets it process-wide
     made: list[Any] = []
 
-    def build(faces: list[Face] | None = None) -> tuple[Any, FakeModel]:
+    def build(faces: list[Face] | None = None, quality: QualityRule | None = None) -> tuple[Any, FakeModel]:
         monkeypatch.setattr(pre_module, "CenterFaceDetector", lambda config: FakeDetector(faces or []))
         model = FakeModel()
-        made.append(Preprocessor(model, str(DEFAULT_MODEL_DIR), 10_000, None, 1))
+        made.append(Preprocessor(model, str(DEFAULT_MODEL_DIR), 10_000, None, 1, quality))
         return made[-1], model
 
     yield build
@@ -78,10 +80,32 @@ def test_classify_answers_every_image_in_order(make: Any, face_png: bytes) -> No
     assert [r.code if isinstance(r, ErrorInfo) else "ok" for r in results] == [
         "ok", "invalid_image", "empty_body", "ok", "image_too_large",
     ]  # fmt: skip
-    assert results[0][0] == 0.0 and results[3][0] == 1.0  # model rows go back to their images
+    assert results[0].probabilities[0] == 0.0 and results[3].probabilities[0] == 1.0  # rows go back to their images
     ((stack,),) = model.predict.calls  # one model call for the whole request
     assert stack.dtype == np.uint8 and stack.shape == (2, CONTRACT.input.height, CONTRACT.input.width)
     np.testing.assert_array_equal(stack[0], decode_image(face_png, CONTRACT, max_pixels=10_000))
+
+
+def noise(size: int) -> bytes:
+    return encode(Image.fromarray(np.random.default_rng(size).integers(0, 256, (size, size), dtype=np.uint8)))
+
+
+def test_classify_judges_each_upload_by_its_size_and_sharpness(make: Any, face_png: bytes) -> None:
+    pre, model = make()
+    results = asyncio.run(pre.classify([noise(48), noise(12), face_png, noise(90)]))
+    assert all(isinstance(r, FaceScores) for r in results)
+    # 12 px upload: too small; a smooth gradient: no detail left at 48x48. No detection score: no weak_detection.
+    assert [r.unreadable for r in results] == [None, "too_small", "blurred", None]
+    assert len(model.predict.calls) == 1  # unreadable faces are still classified (their probabilities are kept)
+    lenient, _ = make(quality=QualityRule(min_face_px=0, min_sharpness=0))
+    assert [r.unreadable for r in asyncio.run(lenient.classify([noise(12), face_png]))] == [None, None]
+
+
+def test_analyze_carries_each_face_s_unreadable_reason(make: Any) -> None:
+    pre, _ = make([Face((10.0, 10.0, 30.0, 30.0), 0.9), Face((50.0, 20.0, 20.0, 20.0), 0.5)])
+    rgb = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    result = asyncio.run(pre.analyze(encode(Image.fromarray(rgb))))
+    assert isinstance(result, FrameFaces) and result.reasons() == (None, "weak_detection")
 
 
 def test_classify_does_not_call_the_model_when_every_image_is_bad(make: Any) -> None:

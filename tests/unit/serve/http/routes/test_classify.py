@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
-from models.contract import DEFAULT_MODEL_DIR, load_contract
+from models.contract import DEFAULT_MODEL_DIR, AnswerSpec, ModelContract, load_contract
+from serve.core.inference import FaceScores
 from serve.errors import ErrorInfo
 from serve.http.state import ServiceState
 from serve.http.webapp import create_app
@@ -23,10 +25,10 @@ TOP_LAST = np.linspace(0.1, 1.0, N, dtype=np.float32) / np.linspace(0.1, 1.0, N)
 class Scripted:
     """Answers every image from ``answers`` (by its bytes) and records each call."""
 
-    def __init__(self, answers: dict[bytes, np.ndarray | ErrorInfo]) -> None:
+    def __init__(self, answers: dict[bytes, FaceScores | np.ndarray | ErrorInfo]) -> None:
         self.answers, self.calls = answers, []
 
-    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+    async def classify(self, images: list[bytes]) -> list[FaceScores | np.ndarray | ErrorInfo]:
         self.calls.append(images)
         return [self.answers[data] for data in images]
 
@@ -39,10 +41,10 @@ class Incs(_NullMetric):
         self.seen.append((int(value), (tags or {})["outcome"]))  # type: ignore[call-overload]
 
 
-def client(pipeline: Scripted, images: Incs, **overrides: object) -> TestClient:
+def client(pipeline: Scripted, images: Incs, contract: ModelContract = CONTRACT, **overrides: object) -> TestClient:
     settings = load_settings(**overrides)
     state = ServiceState(
-        pipeline=pipeline, settings=settings, contract=CONTRACT, model_metrics=None,  # type: ignore[arg-type]
+        pipeline=pipeline, settings=settings, contract=contract, model_metrics=None,  # type: ignore[arg-type]
         metrics=dataclasses.replace(null_ingress_metrics(), images=images),
     )  # fmt: skip
     return TestClient(create_app(state), raise_server_exceptions=False)
@@ -81,3 +83,31 @@ def test_an_oversized_body_never_reaches_the_pipeline() -> None:
         batch = c.post("/v1/classify/batch", files=[("files", ("a", b"x" * 2000))])
     assert [r.json()["error"]["code"] for r in (single, batch)] == ["payload_too_large"] * 2
     assert pipeline.calls == [] and images.seen == []
+
+
+def test_an_unreadable_upload_is_answered_without_a_label() -> None:
+    pipeline = Scripted({b"ok": FaceScores(TOP_LAST), b"blur": FaceScores(TOP_LAST, "blurred"), b"old": TOP_LAST})
+    with client(pipeline, Incs()) as c:
+        ok, blur, old = (c.post("/v1/classify", content=d, headers={"content-type": "image/png"}).json()
+                         for d in (b"ok", b"blur", b"old"))  # fmt: skip
+        batch = c.post("/v1/classify/batch", files=[("files", ("a", b"blur")), ("files", ("b", b"ok"))]).json()
+    assert (ok["label"], ok["readable"], ok["unreadable_reason"]) == (CONTRACT.labels[-1], True, None)
+    assert (blur["label"], blur["readable"], blur["unreadable_reason"]) == (None, False, "blurred")
+    assert blur["probabilities"] == ok["probabilities"] and "model_probabilities" not in blur
+    assert old == {**ok, "request_id": old["request_id"]}  # a bare probability row: a readable face
+    first, second = batch["results"]
+    assert (first["index"], first["label"], first["unreadable_reason"]) == (0, None, "blurred")
+    assert (second["label"], second["readable"]) == (CONTRACT.labels[-1], True)
+
+
+def test_a_grouping_contract_answers_in_its_groups_and_other() -> None:
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    seven = ModelContract(name="seven", version="1", labels=labels, answer=AnswerSpec(
+        (("angry", ("angry",)), ("happy", ("happy",)), ("sad", ("sad",)))))  # fmt: skip
+    neutral = np.array([0.1, 0.02, 0.03, 0.05, 0.2, 0.1, 0.5], np.float32)
+    with client(Scripted({b"n": FaceScores(neutral)}), Incs(), contract=seven) as c:
+        body = c.post("/v1/classify", content=b"n", headers={"content-type": "image/png"}).json()
+    assert list(body["probabilities"]) == ["angry", "happy", "sad", "other"]
+    assert body["probabilities"]["other"] == pytest.approx(0.65) and body["label"] == "other"
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0)
+    assert body["model_probabilities"] == pytest.approx(dict(zip(labels, neutral.tolist(), strict=True)))
