@@ -2,6 +2,8 @@
 
     python -m tools.autoscale_timeline --candidate ray-defaults --out reports/autoscaling/ray-defaults
     python -m tools.autoscale_timeline --candidate tuned --out reports/autoscaling/tuned
+    python -m tools.autoscale_timeline --candidate recommended --rates 20,80,160,320,160,80,20,20,20,20,20 \
+        --step-s 30 --out reports/autoscaling/recommended        # and --candidate queue-delay, the same way
     python -m tools.autoscale_timeline --candidate tuned --rates 20,80,160 --step-s 30 --out /tmp/quick
 
 It starts the 2-node cluster of ``tools/cluster.py`` (docs/cluster.md's steps on two raylets of 2 logical CPUs)
@@ -57,6 +59,12 @@ def _fast(target_ongoing_requests: float) -> dict[str, Any]:
             "look_back_period_s": 10, "metrics_interval_s": 2}  # fmt: skip
 
 
+def _cluster(target_ongoing_requests: float) -> dict[str, Any]:
+    """10 s up (damps flapping), 120 s down (keeps replicas through a short lull), 10 s look-back, 2 s reports."""
+    return {"target_ongoing_requests": target_ongoing_requests, "upscale_delay_s": 10, "downscale_delay_s": 120,
+            "look_back_period_s": 10, "metrics_interval_s": 2}  # fmt: skip
+
+
 # Candidates: autoscaling_config per deployment (min/max are added by ``autoscaled``).
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     # Ray 2.60's defaults: target_ongoing_requests 2, upscale_delay_s 30, downscale_delay_s 600, look_back_period_s
@@ -65,15 +73,32 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     # The ingress's coalescer sends at most ``max_calls_in_flight`` (2) calls downstream per ingress replica, so a
     # downstream target of 2 could never ask for a second replica while one ingress serves: 1 downstream.
     "tuned": {"Ingress": _fast(4), "Preprocessor": _fast(1), "EmotionModel": _fast(1)},
+    # The values reports/autoscaling/README.md recommends for clusters (min_replicas 2 there; 1 here, to see scaling).
+    "recommended": {"Ingress": _cluster(8), "Preprocessor": _cluster(1.5), "EmotionModel": _cluster(1.5)},
+    # The same bounds and delays; the decision is GraphDelayPolicy's (APP_POLICIES), targets are ignored.
+    "queue-delay": {"Ingress": _cluster(8), "Preprocessor": _cluster(1.5), "EmotionModel": _cluster(1.5)},
+}
+# Candidates with an application-level policy (serve.runtime.autoscaling), which overrides per-deployment policies.
+APP_POLICIES: dict[str, dict[str, Any]] = {
+    "queue-delay": {
+        "policy_function": "serve.runtime.autoscaling:GraphDelayPolicy",
+        "policy_kwargs": {"target_age_s": 0.25},
+    },
 }
 
 
 # ---- pure parts (tests/unit/tools/test_autoscale_timeline.py) -------------------------------------------------
 
 
-def autoscaled(config: dict[str, Any], per_deployment: dict[str, dict[str, Any]], max_replicas: int = 2) -> None:
+def autoscaled(
+    config: dict[str, Any], per_deployment: dict[str, dict[str, Any]], max_replicas: int = 2,
+    app_policy: dict[str, Any] | None = None,
+) -> None:
     """Replace ``num_replicas`` by an ``autoscaling_config`` (min 1, max ``max_replicas``, plus the candidate's
-    values) in the parsed Serve config, one replica per node at most (so a scale-up lands on the other node)."""
+    values) in the parsed Serve config, one replica per node at most (so a scale-up lands on the other node); with
+    ``app_policy``, the application's ``autoscaling_policy`` too."""
+    if app_policy is not None:
+        config["applications"][0]["autoscaling_policy"] = app_policy
     for deployment in config["applications"][0]["deployments"]:
         extra = per_deployment.get(deployment["name"])
         if extra is None:
@@ -369,7 +394,9 @@ def run(candidate: str, rates: Sequence[float], step_s: float, out: Path) -> dic
     # ray-defaults run read 1 healthy Ingress replica while Serve's details listed 2 RUNNING). Every second here.
     env = {"RAY_metrics_report_interval_ms": "1000", "RAY_SERVE_STATUS_GAUGE_REPORT_INTERVAL_S": "1"}
     before = os.getloadavg()
-    with cluster.running(lambda c: autoscaled(c, per_deployment), extra_env=env, workdir=out) as c:
+    app_policy = APP_POLICIES.get(candidate)
+    with cluster.running(lambda c: autoscaled(c, per_deployment, app_policy=app_policy), extra_env=env,
+                         workdir=out) as c:  # fmt: skip
         wait_whole(dict.fromkeys(DEPLOYMENTS, 1))
         host_port = c.url.split("://", 1)[1]
         host, _, port = host_port.rpartition(":")
@@ -390,7 +417,8 @@ def run(candidate: str, rates: Sequence[float], step_s: float, out: Path) -> dic
     rows = per_second(answers, sent, sampler.samples, seconds)
     seen = {name for s in sampler.samples for name, per in s.metrics.items() if per}
     summary = {
-        "candidate": candidate, "autoscaling_config": per_deployment, "rates": list(rates), "step_s": step_s,
+        "candidate": candidate, "autoscaling_config": per_deployment, "autoscaling_policy": app_policy,
+        "rates": list(rates), "step_s": step_s,
         "requests": len(sent), "answers": len(answers), "load_average_before_after": [before, os.getloadavg()],
         "statuses": {str(k): v for k, v in sorted(_count(a.status for a in answers).items())},
         "replica_source": "Serve's Prometheus metrics" if HEALTHY in seen else "Serve's replica details (fallback)",

@@ -34,6 +34,7 @@ from serve.core.retry import RetryPolicy, call_with_retries
 from serve.errors import ErrorInfo, Overloaded
 from serve.http.state import ServiceState
 from serve.http.webapp import create_app
+from serve.runtime.autoscaling import OLDEST_REQUEST_AGE
 from serve.runtime.metrics import ingress_metrics, keep_gauges_exported
 from serve.runtime.settings import Settings
 
@@ -89,6 +90,11 @@ class Ingress:
         self._coalescer: Coalescer[bytes, FaceScores | ErrorInfo] = Coalescer(
             self._call, max_items=config.max_images, slots=config.max_calls_in_flight, on_call=self._observe_call
         )
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this every few seconds: the signal ``serve.runtime.autoscaling.GraphDelayPolicy`` scales the
+        graph on (ignored by Ray's default policy)."""
+        return {OLDEST_REQUEST_AGE: self._admission.oldest_age_s()}
 
     async def ready(self) -> bool:
         ready: bool = await asyncio.wait_for(self._model.ready.remote(), self._settings.ready_timeout_s)

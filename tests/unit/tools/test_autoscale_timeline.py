@@ -48,6 +48,21 @@ def test_autoscaled_leaves_deployments_without_a_candidate_alone() -> None:
     assert by_name["EmotionModel"]["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 2}
 
 
+def test_the_queue_delay_candidate_deploys_a_valid_app_level_policy() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.runtime.settings import DEFAULT_SERVE_CONFIG
+    from tools.autoscale_timeline import APP_POLICIES
+
+    config = yaml.safe_load(DEFAULT_SERVE_CONFIG.read_text())  # the shipped file, as the tool deploys it
+    autoscaled(config, CANDIDATES["queue-delay"], app_policy=APP_POLICIES["queue-delay"])
+    app = ServeDeploySchema.model_validate(config).applications[0]  # what `serve deploy` checks first
+    assert app.autoscaling_policy is not None
+    assert app.autoscaling_policy["policy_function"] == "serve.runtime.autoscaling:GraphDelayPolicy"
+    assert all(d.autoscaling_config for d in app.deployments)  # Serve needs one per deployment under an app policy
+
+
 def test_schedule_sends_rate_times_step_evenly_and_skips_idle_steps() -> None:
     times = schedule([2, 0, 4], step_s=1.0)
     assert times == [0.0, 0.5, 2.0, 2.25, 2.5, 2.75]

@@ -17,6 +17,7 @@ from ray.serve.exceptions import BackPressureError
 from serve.deployments import ingress as ingress_module
 from serve.deployments.ingress import replica_lost
 from serve.errors import Overloaded
+from serve.runtime.autoscaling import OLDEST_REQUEST_AGE
 from serve.runtime.metrics import null_ingress_metrics
 from serve.runtime.settings import load_settings
 
@@ -118,6 +119,28 @@ def test_images_in_flight_beyond_the_limit_are_shed() -> None:
         gate.set()
         assert len(await first) == 2
         assert len(await ingress.classify([b"c"])) == 1  # room again
+
+    asyncio.run(scenario())
+
+
+def test_the_autoscaling_signal_is_the_oldest_request_age_in_progress() -> None:
+    entered, gate = asyncio.Event(), asyncio.Event()
+
+    async def slow(images: list[bytes]) -> list[np.ndarray]:
+        entered.set()
+        await gate.wait()
+        return await echo_rows(images)
+
+    async def scenario() -> None:
+        ingress = make(Handle(classify=slow))
+        assert ingress.record_autoscaling_stats() == {OLDEST_REQUEST_AGE: 0.0}  # idle
+        task = asyncio.create_task(ingress.classify([b"a"]))
+        await entered.wait()
+        await asyncio.sleep(0.02)
+        assert ingress.record_autoscaling_stats()[OLDEST_REQUEST_AGE] >= 0.02  # a lower bound: no speed assumed
+        gate.set()
+        await task
+        assert ingress.record_autoscaling_stats() == {OLDEST_REQUEST_AGE: 0.0}
 
     asyncio.run(scenario())
 
