@@ -129,7 +129,8 @@ def _cpu_seconds(procs: Sequence[psutil.Process]) -> dict[int, float]:
 @contextlib.contextmanager
 def cpu_meter(server: Server | None) -> Iterator[dict[str, float]]:
     """Yields a dict filled on exit with CPU seconds used: ``server`` (its tree), ``client`` (this process),
-    ``machine`` (all cores, everyone; the rest is the other tenants of the machine)."""
+    ``machine`` (all cores, everyone; the rest is the other tenants of the machine), ``steal`` (time the hypervisor
+    gave this VM's cores to other VMs: slowness no process here shows)."""
     usage: dict[str, float] = {}
     me = psutil.Process()
     before = _cpu_seconds(server.processes()) if server else {}
@@ -143,6 +144,7 @@ def cpu_meter(server: Server | None) -> Iterator[dict[str, float]]:
     usage["client"] = (client1.user + client1.system) - (client0.user + client0.system)
     busy = [sum(m) - m.idle - getattr(m, "iowait", 0.0) for m in (machine0, machine1)]
     usage["machine"] = busy[1] - busy[0]
+    usage["steal"] = getattr(machine1, "steal", 0.0) - getattr(machine0, "steal", 0.0)
 
 
 _SERIES = re.compile(r"^([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)")

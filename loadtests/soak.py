@@ -33,7 +33,7 @@ import psutil
 from loadtests import httpclient
 from loadtests.benchmark import judge_for, ray_command, requests_for
 from loadtests.data import fer_faces
-from loadtests.servers import REPO, Server, ServerError, free_port
+from loadtests.servers import REPO, Server, ServerError, cpu_meter, free_port
 from models.contract import DEFAULT_MODEL_DIR, load_contract
 
 logger = logging.getLogger("loadtests.soak")
@@ -54,12 +54,22 @@ class Minute:
     timeouts: int
     p50_ms: float | None
     p99_ms: float | None
+    # CPU over the minute, % of one core: the service's tree, everything else on the machine but this load
+    # generator (other tenants: what tells a slow minute of the service from a busy machine), hypervisor steal.
+    service_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None
+    steal_pct: float | None = None
 
 
-def minute_from(index: int, tally: httpclient.Tally) -> Minute:
+def minute_from(
+    index: int, tally: httpclient.Tally, cpu: dict[str, float] | None = None, seconds: float = 60.0
+) -> Minute:
     lat = np.asarray(tally.latencies) * 1000.0
     p50, p99 = (round(float(np.percentile(lat, q)), 1) if lat.size else None for q in (50, 99))
-    return Minute(index, tally.sent, len(tally.latencies), tally.shed, tally.errors, tally.timeouts, p50, p99)
+    pct = {k: round(100.0 * v / seconds, 1) for k, v in (cpu or {}).items()}
+    other = round(pct["machine"] - pct["server"] - pct["client"], 1) if cpu else None
+    return Minute(index, tally.sent, len(tally.latencies), tally.shed, tally.errors, tally.timeouts, p50, p99,
+                  pct.get("server"), other, pct.get("steal"))  # fmt: skip
 
 
 def process_role(name: str, cmdline: Sequence[str]) -> str:
@@ -159,8 +169,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         sampler.start()
         minutes = []
         for index in range(1, args.minutes + 1):
-            tally = asyncio.run(httpclient.open_loop("127.0.0.1", port, requests, judge, rate=rate, seconds=60))
-            minutes.append(minute_from(index, tally))
+            with cpu_meter(server) as cpu:
+                tally = asyncio.run(httpclient.open_loop("127.0.0.1", port, requests, judge, rate=rate, seconds=60))
+            minutes.append(minute_from(index, tally, cpu))
             logger.info("%s | rss total %.0f MB", minutes[-1], sum(sampler.samples[-1]["rss_mb"].values()))
             if tally.error_samples:
                 logger.warning("errors: %s", tally.error_samples)
@@ -191,10 +202,13 @@ def write(out: Path, result: dict[str, Any]) -> None:
     v = result["verdict"]
     md = [f"# Soak: {len(result['minutes'])} minutes at {result['rate_req_s']} req/s "
           f"({result['capacity_req_s']} req/s measured capacity)", "", f"`{result['command']}` ({result['started']})",
-          "", "| minute | sent | ok | shed | errors | timeouts | p50 ms | p99 ms |",
-          "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+          "", "CPU in % of one core: the service's processes, all other processes but the load generator, and the "
+          "hypervisor's steal (a p99 that rises with the last two is the machine, not the service).", "",
+          "| minute | sent | ok | shed | errors | timeouts | p50 ms | p99 ms | service CPU | other CPU | steal |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     md += [f"| {m['minute']} | {m['sent']} | {m['ok']} | {m['shed']} | {m['errors']} | {m['timeouts']} | "
-           f"{m['p50_ms']} | {m['p99_ms']} |" for m in result["minutes"]]  # fmt: skip
+           f"{m['p50_ms']} | {m['p99_ms']} | {m.get('service_cpu_pct')} | {m.get('other_cpu_pct')} | "
+           f"{m.get('steal_pct')} |" for m in result["minutes"]]  # fmt: skip
     md += ["", f"Verdict: **{'passed' if v['passed'] else 'failed'}**; lost {v['lost']}, shed {v['shed']}, "
            f"p99 last minute / minute 2 = {v['p99_ratio_last_vs_minute_2']} (<= {MAX_P99_RATIO}), RSS growth minute 2 "
            f"-> last (< {MAX_RSS_GROWTH:.0%} in total):", "", "| process | growth |", "|---|---|"]  # fmt: skip

@@ -6,12 +6,15 @@ settings), and every wait is a generous deadline that only guards against a hang
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -52,6 +55,32 @@ class Service:
         while not done(text := self.scrape()) and time.monotonic() < deadline:
             time.sleep(1.0)
         return text
+
+    def stream_one_by_one(self, frames: list[bytes]) -> list[dict[str, Any]]:
+        """Every reply of ``WS /v1/stream`` to ``frames``, each frame sent once the previous one is answered (so
+        none is dropped however slow the machine), then ``end``."""
+        from websockets.exceptions import ConnectionClosedOK
+        from websockets.sync.client import connect
+
+        replies: list[dict[str, Any]] = []
+        url = self.url.replace("http://", "ws://") + "/v1/stream"
+        with connect(url, additional_headers={"x-api-key": API_KEY}, max_size=None) as ws:
+            gate = threading.Semaphore(1)
+
+            def send() -> None:
+                for frame in frames:
+                    gate.acquire()
+                    ws.send(frame)
+                ws.send("end")
+
+            threading.Thread(target=send, daemon=True).start()
+            while True:
+                try:
+                    replies.append(json.loads(ws.recv(timeout=HANG_GUARD_S)))
+                except ConnectionClosedOK:
+                    break
+                gate.release()
+        return replies
 
     def wait_for_metric(self, name: str) -> str:
         return self.wait_for_metrics(lambda text: re.search(rf"^{re.escape(name)}[{{ ]", text, re.M) is not None)

@@ -10,9 +10,7 @@ shipping the real 7-class model will be only a model folder.
 from __future__ import annotations
 
 import io
-import json
 import math
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -143,31 +141,10 @@ def test_analyze_answers_a_blurred_or_tiny_face_without_a_label(grouped: Service
 
 
 def test_stream_answers_in_the_groups_and_smooths_them(grouped: Service) -> None:
-    from websockets.exceptions import ConnectionClosedOK
-    from websockets.sync.client import connect
-
     data, _ = a_photo()
     frame = io.BytesIO()
     Image.open(io.BytesIO(data)).convert("RGB").save(frame, format="JPEG", quality=90)
-    frames = [frame.getvalue()] * 3
-    replies: list[dict[str, Any]] = []
-    url = grouped.url.replace("http://", "ws://") + "/v1/stream"
-    with connect(url, additional_headers={"x-api-key": API_KEY}, max_size=None) as ws:
-        gate = threading.Semaphore(1)
-
-        def send() -> None:
-            for f in frames:
-                gate.acquire()
-                ws.send(f)
-            ws.send("end")
-
-        threading.Thread(target=send, daemon=True).start()
-        while True:
-            try:
-                replies.append(json.loads(ws.recv(timeout=HANG_GUARD_S)))
-            except ConnectionClosedOK:
-                break
-            gate.release()
+    replies = grouped.stream_one_by_one([frame.getvalue()] * 3)
     assert [r["index"] for r in replies] == [0, 1, 2]
     answered = [r for r in replies if "faces" in r]
     assert answered and all(r["faces"] for r in answered), replies

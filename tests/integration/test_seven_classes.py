@@ -10,9 +10,7 @@ FER2013 labels; every row is computed alone, so the server's batch-invariance ch
 from __future__ import annotations
 
 import io
-import json
 import math
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,31 +150,10 @@ def test_analyze_answers_seven_probabilities_per_face(seven: Service) -> None:
 
 
 def test_stream_answers_seven_probabilities_and_a_smoothed_label(seven: Service) -> None:
-    from websockets.exceptions import ConnectionClosedOK
-    from websockets.sync.client import connect
-
     data, _ = a_photo()
     frame = io.BytesIO()
     Image.open(io.BytesIO(data)).convert("RGB").save(frame, format="JPEG", quality=90)
-    frames = [frame.getvalue()] * 3
-    replies: list[dict[str, Any]] = []
-    url = seven.url.replace("http://", "ws://") + "/v1/stream"
-    with connect(url, additional_headers={"x-api-key": API_KEY}, max_size=None) as ws:
-        gate = threading.Semaphore(1)
-
-        def send() -> None:
-            for f in frames:
-                gate.acquire()
-                ws.send(f)
-            ws.send("end")
-
-        threading.Thread(target=send, daemon=True).start()
-        while True:
-            try:
-                replies.append(json.loads(ws.recv(timeout=HANG_GUARD_S)))
-            except ConnectionClosedOK:
-                break
-            gate.release()
+    replies = seven.stream_one_by_one([frame.getvalue()] * 3)
     assert [r["index"] for r in replies] == [0, 1, 2]
     answered = [r for r in replies if "faces" in r]
     assert answered and all(r["faces"] for r in answered), replies

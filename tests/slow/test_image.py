@@ -262,7 +262,11 @@ def test_the_image_runs_the_manifest_the_kuberay_way(image: str, podman_options:
     port = ports.free_port(20000, 32767)
     try:
         (secrets_dir / "api-keys").write_text(f"# the Secret emotion-api-keys\n{API_KEY}\n")
-        (secrets_dir / "serve_config.yaml").write_text(manifest["spec"]["serveConfigV2"])
+        # In-cluster every deployment keeps 2 replicas, one per pod; this one pod can hold one of each.
+        config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+        for deployment in config["applications"][0]["deployments"]:
+            deployment["autoscaling_config"]["min_replicas"] = 1
+        (secrets_dir / "serve_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         for path in (secrets_dir, *secrets_dir.iterdir()):
             path.chmod(0o755 if path.is_dir() else 0o644)  # the container runs as uid 1000
         # The head's own rayStartParams say num-cpus 0 (replicas go to workers); one pod here holds everything.

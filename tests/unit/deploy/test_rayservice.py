@@ -6,7 +6,7 @@ deploy/image/build.sh builds.
   as `kubectl apply` does with strict field validation; int32/int64 ranges; list-map keys unique). Only the CEL
   rules (x-kubernetes-validations) are not evaluated.
 * serveConfigV2 against Ray's ServeDeploySchema (serve.runtime.serve_config.load_serve_config, as `emotion serve`
-  reads the file), and equal to deploy/serve_config.yaml except http_options.host.
+  reads the file), and equal to deploy/serve_config.yaml except http_options.host and the in-cluster scaling.
 * Every image is emotion-service:<pyproject version>, and the manifest is exactly what `make rayservice` writes.
 
 Each check also runs on a deliberately broken copy and must fail there, so none can pass vacuously.
@@ -248,8 +248,21 @@ def embedded_config(doc: Document, tmp_path: Path) -> Document:
     return config.document
 
 
-def drift(embedded: Document, shipped: Document) -> list[str]:
-    """How serveConfigV2 differs from deploy/serve_config.yaml beyond the documented http_options.host."""
+def in_cluster(shipped: Document, max_pods: int) -> Document:
+    """deploy/serve_config.yaml as the manifest must run it, as data: num_replicas -> the in-cluster autoscaling."""
+    expected = copy.deepcopy(shipped)
+    expected["applications"][0]["autoscaling_policy"] = yaml.safe_load(render_rayservice.IN_CLUSTER_POLICY)
+    for d in expected["applications"][0]["deployments"]:
+        d.pop("num_replicas", None)
+        d["autoscaling_config"] = render_rayservice.in_cluster_autoscaling(d["name"], max_pods)
+        d["max_replicas_per_node"] = 1
+    return expected
+
+
+def drift(embedded: Document, shipped: Document, max_pods: int | None = None) -> list[str]:
+    """How serveConfigV2 differs from deploy/serve_config.yaml beyond the documented http_options.host and the
+    in-cluster scaling (min 2 .. the worker group's maxReplicas per deployment)."""
+    shipped = in_cluster(shipped, worker_group(manifest())["maxReplicas"] if max_pods is None else max_pods)
     problems = []
     if embedded.get("http_options", {}).get("host") != IN_CLUSTER_HOST:
         problems.append(f"serveConfigV2 http_options.host is not {IN_CLUSTER_HOST}")
@@ -358,3 +371,23 @@ def test_the_manifest_is_what_make_rayservice_writes() -> None:
     assert drifted != text and render_rayservice.render(drifted, config, project_version()) == text
     with pytest.raises(ValueError, match="host"):
         render_rayservice.render(text, config.replace("host: 127.0.0.1", "host: 10.0.0.1"), project_version())
+
+
+def test_in_cluster_every_deployment_autoscales_two_to_the_worker_pods_one_per_pod(tmp_path: Path) -> None:
+    embedded = embedded_config(manifest(), tmp_path)
+    policy = embedded["applications"][0]["autoscaling_policy"]
+    assert policy["policy_function"] == "serve.runtime.autoscaling:GraphDelayPolicy"
+    from serve.runtime.autoscaling import GraphDelayPolicy  # the controller imports the same path
+
+    assert GraphDelayPolicy(**policy["policy_kwargs"]).target_age_s == 0.25
+    group = worker_group(manifest())
+    assert group["minReplicas"] >= render_rayservice.IN_CLUSTER_MIN_REPLICAS  # room for min 2, one per pod
+    for d in embedded["applications"][0]["deployments"]:
+        assert "num_replicas" not in d and d["max_replicas_per_node"] == 1
+        assert d["autoscaling_config"]["min_replicas"] == 2
+        assert d["autoscaling_config"]["max_replicas"] == group["maxReplicas"]
+    # The renderer refuses a Serve config whose scaling it cannot find, rather than ship it unscaled:
+    config = SERVE_CONFIG.read_text()
+    without = re.sub(r"\n\s*num_replicas: 1[^\n]*", "", config, count=1)
+    with pytest.raises(ValueError, match="num_replicas"):
+        render_rayservice.render(MANIFEST.read_text(), without, project_version())

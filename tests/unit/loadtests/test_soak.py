@@ -25,6 +25,13 @@ def test_minute_from_a_tally() -> None:
     assert (m.minute, m.sent, m.ok, m.shed, m.errors, m.timeouts) == (3, 103, 100, 2, 1, 1)
     assert m.p50_ms == 10.0 and m.p99_ms is not None and 10.0 < m.p99_ms <= 500.0
     assert minute_from(1, httpclient.Tally()).p99_ms is None
+    assert m.service_cpu_pct is None and m.other_cpu_pct is None  # no CPU measured
+
+
+def test_a_minutes_cpu_is_split_into_the_service_other_processes_and_steal() -> None:
+    cpu = {"server": 60.0, "client": 12.0, "machine": 90.0, "steal": 3.0}  # CPU seconds over 60 s
+    m = minute_from(2, httpclient.Tally(latencies=[0.01]), cpu)
+    assert (m.service_cpu_pct, m.other_cpu_pct, m.steal_pct) == (100.0, 30.0, 5.0)
 
 
 def samples(per_minute: list[dict[str, float]], every_s: float = 10.0) -> list[dict[str, Any]]:

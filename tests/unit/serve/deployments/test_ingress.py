@@ -102,21 +102,28 @@ def test_downstream_failures_become_overloaded_and_release_admission(failure: Ca
     assert ingress._admission.inflight == 0
 
 
-def test_images_in_flight_beyond_the_limit_are_shed() -> None:
-    entered, gate = asyncio.Event(), asyncio.Event()
+class Gated:
+    """A preprocessor ``classify`` that holds every call until ``gate`` is set: requests stay in flight."""
 
-    async def slow(images: list[bytes]) -> list[np.ndarray]:
-        entered.set()
-        await gate.wait()
+    def __init__(self) -> None:
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def classify(self, images: list[bytes]) -> list[np.ndarray]:
+        self.entered.set()
+        await self.gate.wait()
         return await echo_rows(images)
 
+
+def test_images_in_flight_beyond_the_limit_are_shed() -> None:
+    pre = Gated()
+
     async def scenario() -> None:
-        ingress = make(Handle(classify=slow), max_inflight_images=2, max_queue_delay_s=0, request_timeout_s=30)
+        ingress = make(Handle(classify=pre.classify), max_inflight_images=2, max_queue_delay_s=0, request_timeout_s=30)
         first = asyncio.create_task(ingress.classify([b"a", b"b"]))
-        await entered.wait()
+        await pre.entered.wait()
         with pytest.raises(Overloaded, match="2 images in progress"):
             await ingress.classify([b"c"])
-        gate.set()
+        pre.gate.set()
         assert len(await first) == 2
         assert len(await ingress.classify([b"c"])) == 1  # room again
 
@@ -124,21 +131,16 @@ def test_images_in_flight_beyond_the_limit_are_shed() -> None:
 
 
 def test_the_autoscaling_signal_is_the_oldest_request_age_in_progress() -> None:
-    entered, gate = asyncio.Event(), asyncio.Event()
-
-    async def slow(images: list[bytes]) -> list[np.ndarray]:
-        entered.set()
-        await gate.wait()
-        return await echo_rows(images)
+    pre = Gated()
 
     async def scenario() -> None:
-        ingress = make(Handle(classify=slow))
+        ingress = make(Handle(classify=pre.classify))
         assert ingress.record_autoscaling_stats() == {OLDEST_REQUEST_AGE: 0.0}  # idle
         task = asyncio.create_task(ingress.classify([b"a"]))
-        await entered.wait()
+        await pre.entered.wait()
         await asyncio.sleep(0.02)
         assert ingress.record_autoscaling_stats()[OLDEST_REQUEST_AGE] >= 0.02  # a lower bound: no speed assumed
-        gate.set()
+        pre.gate.set()
         await task
         assert ingress.record_autoscaling_stats() == {OLDEST_REQUEST_AGE: 0.0}
 
