@@ -30,6 +30,7 @@ from tests.integration.test_seven_classes import (
     assert_seven,
     flat_png,
     grey_png,
+    streamed_faces,
     write_seven_class_model,
 )
 
@@ -141,15 +142,7 @@ def test_analyze_answers_a_blurred_or_tiny_face_without_a_label(grouped: Service
 
 
 def test_stream_answers_in_the_groups_and_smooths_them(grouped: Service) -> None:
-    data, _ = a_photo()
-    frame = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(frame, format="JPEG", quality=90)
-    replies = grouped.stream_one_by_one([frame.getvalue()] * 3)
-    assert [r["index"] for r in replies] == [0, 1, 2]
-    answered = [r for r in replies if "faces" in r]
-    assert answered and all(r["faces"] for r in answered), replies
-    for r in answered:
-        for face in r["faces"]:
-            assert_grouped(face, f"frame {r['index']}")
-            assert face["track_id"] >= 1
-            assert face["smoothed_label"] in ANSWER or (face["smoothed_label"] is None and not face["readable"])
+    for index, face in streamed_faces(grouped):
+        assert_grouped(face, f"frame {index}")
+        assert face["track_id"] >= 1
+        assert face["smoothed_label"] in ANSWER or (face["smoothed_label"] is None and not face["readable"])

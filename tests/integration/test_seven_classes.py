@@ -114,6 +114,19 @@ def a_photo() -> tuple[bytes, str]:
     pytest.skip("no photo with one large face in boxes.parquet")
 
 
+def streamed_faces(service: Service) -> list[tuple[int, dict[str, Any]]]:
+    """``(frame index, face)`` of every face answered when ``a_photo`` is streamed 3 times as JPEG: each frame
+    answered once, in order, at least one with faces, and every answered frame with at least one face."""
+    data, _ = a_photo()
+    frame = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(frame, format="JPEG", quality=90)
+    replies = service.stream_one_by_one([frame.getvalue()] * 3)
+    assert [r["index"] for r in replies] == [0, 1, 2]
+    answered = [r for r in replies if "faces" in r]
+    assert answered and all(r["faces"] for r in answered), replies
+    return [(r["index"], face) for r in answered for face in r["faces"]]
+
+
 def test_model_route_names_the_seven_labels(seven: Service) -> None:
     body = seven.client.get("/v1/model").json()
     assert body["labels"] == list(LABELS) and body["name"] == "seven-test"
@@ -150,18 +163,10 @@ def test_analyze_answers_seven_probabilities_per_face(seven: Service) -> None:
 
 
 def test_stream_answers_seven_probabilities_and_a_smoothed_label(seven: Service) -> None:
-    data, _ = a_photo()
-    frame = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(frame, format="JPEG", quality=90)
-    replies = seven.stream_one_by_one([frame.getvalue()] * 3)
-    assert [r["index"] for r in replies] == [0, 1, 2]
-    answered = [r for r in replies if "faces" in r]
-    assert answered and all(r["faces"] for r in answered), replies
-    for r in answered:
-        for face in r["faces"]:
-            assert_seven(face, f"frame {r['index']}")
-            assert face["track_id"] >= 1
-            assert face["smoothed_label"] in LABELS or (face["smoothed_label"] is None and not face["readable"])
+    for index, face in streamed_faces(seven):
+        assert_seven(face, f"frame {index}")
+        assert face["track_id"] >= 1
+        assert face["smoothed_label"] in LABELS or (face["smoothed_label"] is None and not face["readable"])
 
 
 def test_metrics_count_predictions_of_labels_beyond_the_first_three(seven: Service) -> None:
