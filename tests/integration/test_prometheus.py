@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import subprocess
 import time
@@ -458,7 +459,13 @@ def test_dashboard_expression_returns_data(prometheus: Prometheus, scenario: Sce
     """Each panel target, as Grafana would send it over the scenario's time range, is accepted and draws a line."""
     query = concrete(expr)
     assert prometheus.query(query) is not None  # an instant query: accepted
-    result = prometheus.api("query_range", query=query, start=scenario.start, end=time.time(), step=2)["result"]
+    # A range query evaluates at start + k * step only. Starting at the scenario's start, the last point could fall
+    # just before the newest sample (CI once saw a 503 counter's two samples at 607.99 and 609.99 s, and the
+    # last point at 609.48 s: no rate). So the grid is laid back from now, which comes after every sample the
+    # scenario waited for.
+    end = time.time()
+    start = end - math.ceil((end - scenario.start) / SCRAPE_S) * SCRAPE_S
+    result = prometheus.api("query_range", query=query, start=start, end=end, step=SCRAPE_S)["result"]
     finite = [v for series in result for _, v in series["values"] if v not in ("NaN", "+Inf", "-Inf")]
     assert finite, f"panel {title!r}: {query} returned no data over the scenario"
 
