@@ -169,7 +169,7 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
 
 def mean_batch_sizes(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, float]:
     """Per deployment with ``@serve.batch``: handle calls per executed batch (exact counters, not histogram sums);
-    for the ingress, HTTP requests per preprocessor call."""
+    for the ingress, HTTP requests per coalesced model call."""
     out = {}
     for (metric, deployment), value in after.items():
         if metric != "ray_serve_batches_processed_total":
@@ -180,8 +180,7 @@ def mean_batch_sizes(before: dict[tuple[str, str], float], after: dict[tuple[str
         if batches > 0:
             out[deployment] = round(calls / batches, 2)
 
-    # The ingress coalesces with its own coalescer (serve/core/coalesce.py): requests per preprocessor call, from
-    # counters.
+    # The ingress coalesces with its own coalescer (serve/core/coalesce.py): requests per model call, from counters.
     def delta(count: str) -> float:
         key = (f"ray_emotion_coalescer_{count}_total", "Ingress")
         return after.get(key, 0.0) - before.get(key, 0.0)

@@ -1,8 +1,9 @@
 """The application builder: ``serve run`` / ``serve deploy`` / KubeRay (``import_path: serve.app:build_app``) and
 ``emotion serve`` all build the graph here, from the one Serve config file.
 
-Graph: Ingress (FastAPI) -> Preprocessor -> EmotionModel. Replica counts, autoscaling, CPU shares, queue bounds and
-``user_config`` live in ``deploy/serve_config.yaml``; the decorators hold none of them.
+Graph: Ingress (FastAPI) -> EmotionModel for uploaded faces, Ingress -> Preprocessor -> EmotionModel for frames.
+Replica counts, autoscaling, CPU shares, queue bounds and ``user_config`` live in ``deploy/serve_config.yaml``; the
+decorators hold none of them.
 """
 
 from collections.abc import Mapping

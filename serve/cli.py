@@ -109,9 +109,8 @@ def predict_main(argv: Sequence[str]) -> int:
 
     from models.contract import ContractError
     from serve.core.frames import quality_rule
-    from serve.core.imaging import decode_face
     from serve.core.inference import OnnxClassifier, answer
-    from serve.core.quality import measure_upload, unreadable_reason
+    from serve.core.uploads import UploadReader
     from serve.errors import ServiceError
     from serve.runtime.settings import SettingsError, load_settings
 
@@ -121,13 +120,13 @@ def predict_main(argv: Sequence[str]) -> int:
     except (SettingsError, ContractError) as exc:
         print(f"emotion predict: {exc}", file=sys.stderr)
         return 1
+    # The same answer as POST /v1/classify: the service's decoding, config.json's grouping, the unreadable rule.
+    uploads = UploadReader(clf.contract, settings.max_image_pixels, quality_rule(settings))
     failures = 0
     for path in opts.files:
         record: dict[str, object] = {"file": str(path)}
         try:
-            pixels, size = decode_face(path.read_bytes(), clf.contract, max_pixels=settings.max_image_pixels)
-            # The same answer as POST /v1/classify: config.json's grouping and the unreadable rule's verdict.
-            unreadable = unreadable_reason(measure_upload(size, pixels), quality_rule(settings))
+            pixels, unreadable = uploads.read(path.read_bytes())
             record |= answer(clf.predict_proba(pixels[None])[0], clf.contract, unreadable).to_json()
         except OSError as exc:
             failures += 1

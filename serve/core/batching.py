@@ -28,7 +28,7 @@ class BatchConfig(BaseModel):
 
 
 class CoalesceConfig(BaseModel):
-    """``user_config`` of the ingress: how concurrent requests share one preprocessor call (``serve.core.coalesce``)."""
+    """``user_config`` of the ingress: how concurrent upload requests share one model call (``serve.core.coalesce``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,7 +1,7 @@
-"""The preprocessing deployment: decode and validate images, resize them to the contract, call the model.
-
-One handle call carries many images (the ingress coalesces requests); one model call carries the decoded uint8
-stack. Every face (detected or uploaded) is also judged by the unreadable rule here, where its pixels are.
+"""The preprocessing deployment: whole frames (``/v1/analyze``, ``/v1/stream``): decode, detect faces, crop and
+resize them to the contract, and send all faces of a frame to the model as one uint8 stack. Every detected face is
+also judged by the unreadable rule here, where its pixels are. (Uploaded faces need no detection: the ingress
+decodes them and calls the model itself.)
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from ray.serve.handle import DeploymentHandle
 from models.contract import load_contract
 from serve.core.detection import CenterFaceDetector, DetectorConfig
 from serve.core.frames import FrameAnalyzer, FrameFaces, with_probabilities
-from serve.core.imaging import configure_pillow, decode_face
-from serve.core.inference import FaceScores
-from serve.core.quality import QualityRule, UnreadableReason, measure_upload, unreadable_reason
+from serve.core.imaging import configure_pillow
+from serve.core.quality import QualityRule
 from serve.errors import ErrorInfo, ServiceError
 from serve.runtime.metrics import stage_histogram
 
 
 @serve.deployment(name="Preprocessor")  # options: deploy/serve_config.yaml
 class Preprocessor:
-    """Turns encoded images into model answers, one per image, failures as ErrorInfo.
+    """Turns an encoded frame into its faces with the model's answers, a failure into its ErrorInfo.
 
     Args:
         model: handle to the EmotionModel deployment.
@@ -71,25 +70,3 @@ class Preprocessor:
         probs = await self._model.predict.remote(crops)
         self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
         return with_probabilities(faces, probs)
-
-    async def classify(self, images: list[bytes]) -> list[FaceScores | ErrorInfo]:
-        """Probabilities and the unreadable verdict, or an ErrorInfo, for every image, in input order."""
-        start = time.perf_counter()
-        results: list[UnreadableReason | ErrorInfo | None] = []
-        decoded: list[np.ndarray] = []
-        for data in images:
-            try:
-                pixels, size = decode_face(data, self._contract, max_pixels=self._max_pixels)
-            except ServiceError as exc:
-                results.append(exc.info())
-                continue
-            decoded.append(pixels)
-            # The upload is the face: its own size, and the detail left after resizing to the model's input.
-            results.append(unreadable_reason(measure_upload(size, pixels), self._quality))
-        self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "decode"})
-        if not decoded:
-            return [r for r in results if isinstance(r, ErrorInfo)]
-        start = time.perf_counter()
-        probs = iter(await self._model.predict.remote(np.stack(decoded)))
-        self._stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})
-        return [r if isinstance(r, ErrorInfo) else FaceScores(next(probs), r) for r in results]

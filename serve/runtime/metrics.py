@@ -96,7 +96,7 @@ def ingress_metrics() -> IngressMetrics:
         images=Counter(IMAGES, description="Images received, by outcome (ok or an error code).", tag_keys=("outcome",)),
         coalesced={
             count: Counter(f"{COALESCER}_{count}", description=f"Ingress coalescing: {what}.")
-            for count, what in (("calls", "preprocessor calls"), ("requests", "HTTP requests carried by them"),
+            for count, what in (("calls", "model calls for uploads"), ("requests", "HTTP requests carried by them"),
                                 ("images", "images carried by them"))
         },
         faces=Histogram(FACES_PER_FRAME, description="Faces found per analysed frame.", boundaries=FACES_BUCKETS,

@@ -6,6 +6,7 @@ settings), and every wait is a generous deadline that only guards against a hang
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -103,11 +104,18 @@ def start_private_service(**overrides: object) -> tuple[str, str, Callable[[], N
     return url, f"http://127.0.0.1:{settings.metrics_export_port}/metrics", local.stop
 
 
-@pytest.fixture(scope="module")
-def service() -> Iterator[Service]:
-    url, metrics_url, stop = start_private_service()
+@contextlib.contextmanager
+def private_service(**overrides: object) -> Iterator[Service]:
+    """``start_private_service(**overrides)`` with an authenticated client; stopped on exit."""
+    url, metrics_url, stop = start_private_service(**overrides)
     try:
         with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=HANG_GUARD_S) as client:
             yield Service(url, metrics_url, client)
     finally:
         stop()
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Service]:
+    with private_service() as running:
+        yield running

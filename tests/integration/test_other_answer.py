@@ -16,13 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
 from models.contract import AnswerSpec, load_contract
 from serve.core.quality import REASONS
-from tests.integration.conftest import API_KEY, HANG_GUARD_S, Service, start_private_service
+from tests.integration.conftest import Service, private_service
 from tests.integration.test_seven_classes import (
     GREYS,
     LABELS,
@@ -52,13 +51,8 @@ def write_grouped_model(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def grouped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    folder = write_grouped_model(tmp_path_factory.mktemp("grouped"))
-    url, metrics_url, stop = start_private_service(model_dir=str(folder))
-    try:
-        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=HANG_GUARD_S) as client:
-            yield Service(url, metrics_url, client)
-    finally:
-        stop()
+    with private_service(model_dir=str(write_grouped_model(tmp_path_factory.mktemp("grouped")))) as running:
+        yield running
 
 
 def assert_grouped(item: dict[str, Any], where: str = "answer") -> None:

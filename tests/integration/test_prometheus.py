@@ -37,7 +37,7 @@ from models.contract import load_contract
 from serve.runtime.metrics import EXPORTED_NAMES
 from serve.runtime.settings import load_settings
 from tests.conftest import encode
-from tests.integration.conftest import API_KEY, HANG_GUARD_S, Service, free_port, start_private_service
+from tests.integration.conftest import API_KEY, HANG_GUARD_S, Service, free_port, private_service
 from tests.prometheus_tools import prometheus as prometheus_binary
 from tests.unit.test_docs import dashboard_expressions, uses_metric
 
@@ -117,12 +117,8 @@ class Scenario:
 def service() -> Iterator[Service]:
     """This module's own service: it admits one HTTP request at a time per ingress replica
     (EMOTION_MAX_INFLIGHT_REQUESTS=1), so sequential traffic is served and concurrent requests are shed with 503."""
-    url, metrics_url, stop = start_private_service(max_inflight_requests=1)
-    try:
-        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=HANG_GUARD_S) as client:
-            yield Service(url, metrics_url, client)
-    finally:
-        stop()
+    with private_service(max_inflight_requests=1) as running:
+        yield running
 
 
 def derived_config(target: str, file_sd: Path) -> dict[str, Any]:

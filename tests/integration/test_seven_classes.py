@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,7 +23,7 @@ from models.contract import InputSpec, ModelContract
 from models.data import default_data_dir
 from serve.core.quality import REASONS
 from tests.conftest import encode
-from tests.integration.conftest import API_KEY, HANG_GUARD_S, Service, start_private_service
+from tests.integration.conftest import Service, private_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -68,13 +67,8 @@ def write_seven_class_model(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def seven(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    folder = write_seven_class_model(tmp_path_factory.mktemp("seven_classes"))
-    url, metrics_url, stop = start_private_service(model_dir=str(folder))
-    try:
-        with httpx.Client(base_url=url, headers={"x-api-key": API_KEY}, timeout=HANG_GUARD_S) as client:
-            yield Service(url, metrics_url, client)
-    finally:
-        stop()
+    with private_service(model_dir=str(write_seven_class_model(tmp_path_factory.mktemp("seven_classes")))) as running:
+        yield running
 
 
 def grey_png(level: int, size: int = 48) -> bytes:

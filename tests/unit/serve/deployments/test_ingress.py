@@ -1,5 +1,5 @@
-"""The Ingress deployment's class with fake handles (no cluster): readiness deadline, overload mapping, admission,
-retries of calls whose downstream replica was lost."""
+"""The Ingress deployment's class with fake handles (no cluster): uploads decoded here and sent to the model,
+readiness deadline, overload mapping, admission, retries of calls whose downstream replica was lost."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from pydantic import ValidationError
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
+from serve.core.inference import FaceScores
 from serve.deployments import ingress as ingress_module
 from serve.deployments.ingress import replica_lost
-from serve.errors import Overloaded
+from serve.errors import ErrorInfo, Overloaded
 from serve.runtime.autoscaling import OLDEST_REQUEST_AGE
 from serve.runtime.metrics import null_ingress_metrics
 from serve.runtime.settings import load_settings
+from tests.conftest import encode
 
 # @serve.ingress wraps the class (its async __init__ needs a replica); the user's class is the wrapper's base.
 Ingress: Any = ingress_module.Ingress.func_or_class.__bases__[0]
@@ -47,8 +50,18 @@ async def never(*args: Any) -> Any:
     await asyncio.Event().wait()
 
 
-async def echo_rows(images: list[bytes]) -> list[np.ndarray]:
-    return [np.full(NUM_CLASSES, len(data), np.float32) for data in images]
+def face(level: int) -> bytes:
+    """A flat grey upload: the fake model below answers its grey level, which tells the uploads apart."""
+    return encode(Image.new("L", (48, 48), level))
+
+
+async def grey_levels(pixels: np.ndarray) -> np.ndarray:
+    """A model ``predict``: every row is the face's mean grey level, so order and pairing can be checked."""
+    return np.repeat(pixels.reshape(len(pixels), -1).mean(axis=1, dtype=np.float32)[:, None], NUM_CLASSES, axis=1)
+
+
+def levels(results: list[FaceScores | ErrorInfo]) -> list[float | str]:
+    return [r.code if isinstance(r, ErrorInfo) else float(r.probabilities[0]) for r in results]
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +73,7 @@ def no_ray_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
 def make(pre: Handle | None = None, model: Handle | None = None, **overrides: Any) -> Any:
     # Generous deadlines (only hang guards); a test that wants a deadline to pass sets a small one itself.
     settings = load_settings(**{"ready_timeout_s": 30.0, "request_timeout_s": 30.0, **overrides})
-    return Ingress(pre or Handle(classify=echo_rows), model or Handle(ready=never), settings, ())
+    return Ingress(pre or Handle(analyze=never), model or Handle(ready=never, predict=grey_levels), settings, ())
 
 
 def test_ready_answers_within_the_readiness_deadline() -> None:
@@ -79,9 +92,20 @@ def test_the_app_reports_not_ready_when_the_model_does_not_answer() -> None:
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_ready"
 
 
-def test_classify_returns_the_preprocessors_rows_in_order() -> None:
-    results = asyncio.run(make().classify([b"a", b"bbb", b"cc"]))
-    assert [float(r[0]) for r in results] == [1.0, 3.0, 2.0]
+def test_classify_decodes_the_uploads_and_pairs_the_models_rows_with_them_in_order() -> None:
+    model = Handle(ready=never, predict=grey_levels)
+    results = asyncio.run(make(model=model).classify([face(10), face(30), face(20)]))
+    assert levels(results) == [10.0, 30.0, 20.0]
+    assert all(r.unreadable == "blurred" for r in results if isinstance(r, FaceScores))  # flat: no detail left
+    assert model.predict.calls == 1  # one model call for the request
+
+
+def test_an_undecodable_upload_is_its_error_and_costs_no_other_its_answer() -> None:
+    model = Handle(ready=never, predict=grey_levels)
+    ingress = make(model=model)
+    assert levels(asyncio.run(ingress.classify([face(10), b"junk", face(20)]))) == [10.0, "invalid_image", 20.0]
+    assert levels(asyncio.run(ingress.classify([b"junk", b"\x89PNG\r\n\x1a\n"]))) == ["invalid_image"] * 2
+    assert model.predict.calls == 1  # nothing decoded: no model call
 
 
 async def backpressure(*args: Any) -> Any:
@@ -94,53 +118,54 @@ async def lost_replica(*args: Any) -> Any:
 
 @pytest.mark.parametrize("failure", [backpressure, lost_replica, never], ids=["backpressure", "ray_error", "timeout"])
 def test_downstream_failures_become_overloaded_and_release_admission(failure: Callable[..., Any]) -> None:
-    ingress = make(Handle(classify=failure, analyze=failure), request_timeout_s=0.05)  # `never`: the deadline passes
+    ingress = make(Handle(analyze=failure), Handle(predict=failure), request_timeout_s=0.05)  # `never`: times out
     with pytest.raises(Overloaded):
-        asyncio.run(ingress.classify([b"a", b"b"]))
+        asyncio.run(ingress.classify([face(1), face(2)]))
     with pytest.raises(Overloaded):
         asyncio.run(ingress.analyze(b"frame"))
     assert ingress._admission.inflight == 0
 
 
 class Gated:
-    """A preprocessor ``classify`` that holds every call until ``gate`` is set: requests stay in flight."""
+    """A model ``predict`` that holds every call until ``gate`` is set: requests stay in flight."""
 
     def __init__(self) -> None:
         self.entered, self.gate = asyncio.Event(), asyncio.Event()
 
-    async def classify(self, images: list[bytes]) -> list[np.ndarray]:
+    async def predict(self, pixels: np.ndarray) -> np.ndarray:
         self.entered.set()
         await self.gate.wait()
-        return await echo_rows(images)
+        return await grey_levels(pixels)
 
 
 def test_images_in_flight_beyond_the_limit_are_shed() -> None:
-    pre = Gated()
+    model = Gated()
 
     async def scenario() -> None:
-        ingress = make(Handle(classify=pre.classify), max_inflight_images=2, max_queue_delay_s=0, request_timeout_s=30)
-        first = asyncio.create_task(ingress.classify([b"a", b"b"]))
-        await pre.entered.wait()
+        ingress = make(model=Handle(predict=model.predict), max_inflight_images=2, max_queue_delay_s=0,
+                       request_timeout_s=30)  # fmt: skip
+        first = asyncio.create_task(ingress.classify([face(1), face(2)]))
+        await model.entered.wait()
         with pytest.raises(Overloaded, match="2 images in progress"):
-            await ingress.classify([b"c"])
-        pre.gate.set()
+            await ingress.classify([face(3)])
+        model.gate.set()
         assert len(await first) == 2
-        assert len(await ingress.classify([b"c"])) == 1  # room again
+        assert len(await ingress.classify([face(3)])) == 1  # room again
 
     asyncio.run(scenario())
 
 
 def test_the_autoscaling_signal_is_the_oldest_request_age_in_progress() -> None:
-    pre = Gated()
+    model = Gated()
 
     async def scenario() -> None:
-        ingress = make(Handle(classify=pre.classify))
+        ingress = make(model=Handle(predict=model.predict))
         assert ingress.record_autoscaling_stats() == {OLDEST_REQUEST_AGE: 0.0}  # idle
-        task = asyncio.create_task(ingress.classify([b"a"]))
-        await pre.entered.wait()
+        task = asyncio.create_task(ingress.classify([face(1)]))
+        await model.entered.wait()
         await asyncio.sleep(0.02)
         assert ingress.record_autoscaling_stats()[OLDEST_REQUEST_AGE] >= 0.02  # a lower bound: no speed assumed
-        pre.gate.set()
+        model.gate.set()
         await task
         assert ingress.record_autoscaling_stats() == {OLDEST_REQUEST_AGE: 0.0}
 
@@ -157,12 +182,12 @@ def test_reconfigure_validates_the_coalescing_config() -> None:
     assert ingress._coalescer is before
     ingress.reconfigure({"max_images": 8, "max_calls_in_flight": 1})
     assert ingress._coalescer is not before
-    assert len(asyncio.run(ingress.classify([b"x"] * 3))) == 3
+    assert len(asyncio.run(ingress.classify([face(1)] * 3))) == 3
 
 
 def nested_actor_died() -> RayTaskError:
     """What the ingress gets (actor-call handles) when the replica behind the Preprocessor died."""
-    return RayTaskError("Preprocessor.classify", "traceback", ActorDiedError()).as_instanceof_cause()
+    return RayTaskError("Preprocessor.analyze", "traceback", ActorDiedError()).as_instanceof_cause()
 
 
 @pytest.mark.parametrize(
@@ -201,57 +226,56 @@ async def no_faces(frame: bytes) -> str:
 
 
 def test_a_call_whose_replica_died_is_sent_again() -> None:
-    pre = Handle(classify=lost_then(echo_rows), analyze=lost_then(no_faces))
-    ingress = make(pre)
-    results = asyncio.run(ingress.classify([b"a", b"bbb"]))
-    assert [float(r[0]) for r in results] == [1.0, 3.0]
+    pre, model = Handle(analyze=lost_then(no_faces)), Handle(predict=lost_then(grey_levels))
+    ingress = make(pre, model)
+    assert levels(asyncio.run(ingress.classify([face(1), face(3)]))) == [1.0, 3.0]
     assert asyncio.run(ingress.analyze(b"frame")) == "faces of 5 bytes"
-    assert pre.classify.calls == 2 and pre.analyze.calls == 2
+    assert model.predict.calls == 2 and pre.analyze.calls == 2
     assert ingress._admission.inflight == 0
 
 
 def test_every_request_of_a_lost_coalesced_call_is_answered() -> None:
-    pre = Handle(classify=lost_then(echo_rows))
+    model = Handle(predict=lost_then(grey_levels))
 
-    async def scenario() -> list[list[np.ndarray | Any]]:
-        ingress = make(pre, max_queue_delay_s=0)
+    async def scenario() -> list[list[FaceScores | ErrorInfo]]:
+        ingress = make(model=model, max_queue_delay_s=0)
         ingress.reconfigure({"max_images": 8, "max_calls_in_flight": 1})
-        return await asyncio.gather(*(ingress.classify([b"x" * n]) for n in (1, 2, 3)))
+        return await asyncio.gather(*(ingress.classify([face(n)]) for n in (1, 2, 3)))
 
     answers = asyncio.run(scenario())
-    assert [float(a[0][0]) for a in answers] == [1.0, 2.0, 3.0]
+    assert [levels(a) for a in answers] == [[1.0], [2.0], [3.0]]
 
 
 def test_a_replica_lost_on_every_attempt_ends_in_overloaded() -> None:
-    pre = Handle(classify=lost_then(echo_rows, losses=100), analyze=lost_then(no_faces, losses=100))
-    ingress = make(pre)
+    pre, model = Handle(analyze=lost_then(no_faces, losses=100)), Handle(predict=lost_then(grey_levels, losses=100))
+    ingress = make(pre, model)
     with pytest.raises(Overloaded):
-        asyncio.run(ingress.classify([b"a"]))
+        asyncio.run(ingress.classify([face(1)]))
     with pytest.raises(Overloaded):
         asyncio.run(ingress.analyze(b"frame"))
-    assert pre.classify.calls == ingress._retry.max_attempts and pre.analyze.calls == ingress._retry.max_attempts
+    assert model.predict.calls == ingress._retry.max_attempts and pre.analyze.calls == ingress._retry.max_attempts
     assert ingress._admission.inflight == 0
 
 
 def test_retries_stay_inside_the_request_deadline() -> None:
-    async def lost_after_a_while(images: list[bytes]) -> Any:
+    async def lost_after_a_while(pixels: np.ndarray) -> Any:
         await asyncio.sleep(0.02)
         raise ActorUnavailableError("Actor is unavailable.", None)
 
-    pre = Handle(classify=lost_after_a_while)
+    model = Handle(predict=lost_after_a_while)
     # The deadline should pass: 3 attempts of 0.02 s and two backoffs (>= 0.025 s, >= 0.05 s) need over 0.06 s,
     # and a slower machine only makes fewer attempts fit.
-    ingress = make(pre, request_timeout_s=0.06)
+    ingress = make(model=model, request_timeout_s=0.06)
     with pytest.raises(Overloaded):
-        asyncio.run(ingress.classify([b"a"]))
-    assert 1 <= pre.classify.calls < ingress._retry.max_attempts
+        asyncio.run(ingress.classify([face(1)]))
+    assert 1 <= model.predict.calls < ingress._retry.max_attempts
 
 
 def test_other_downstream_errors_are_not_retried() -> None:
-    pre = Handle(classify=lost_replica, analyze=backpressure)
-    ingress = make(pre)
+    pre, model = Handle(analyze=backpressure), Handle(predict=lost_replica)
+    ingress = make(pre, model)
     with pytest.raises(Overloaded):
-        asyncio.run(ingress.classify([b"a"]))
+        asyncio.run(ingress.classify([face(1)]))
     with pytest.raises(Overloaded):
         asyncio.run(ingress.analyze(b"frame"))
-    assert pre.classify.calls == 1 and pre.analyze.calls == 1
+    assert model.predict.calls == 1 and pre.analyze.calls == 1

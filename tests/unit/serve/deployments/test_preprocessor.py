@@ -1,4 +1,5 @@
-"""The Preprocessor deployment's class with a fake model handle and a fake face detector (no cluster)."""
+"""The Preprocessor deployment's class with a fake model handle and a fake face detector (no cluster). Uploads are
+decoded by the ingress: tests/unit/serve/core/test_uploads.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from PIL import Image
 from models.contract import DEFAULT_MODEL_DIR, load_contract
 from serve.core.detection import Face
 from serve.core.frames import FrameFaces
-from serve.core.imaging import decode_image
-from serve.core.inference import FaceScores
 from serve.core.quality import QualityRule
 from serve.deployments import preprocessor as pre_module
 from serve.errors import ErrorInfo
@@ -72,47 +71,11 @@ def make(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[Any, F
         pre._pool.shutdown()
 
 
-def test_classify_answers_every_image_in_order(make: Any, face_png: bytes) -> None:
-    pre, model = make()
-    other = encode(Image.new("RGB", (64, 64), "white"), "JPEG")
-    huge = encode(Image.new("L", (200, 200)))
-    results = asyncio.run(pre.classify([face_png, b"garbage", b"", other, huge]))
-    assert [r.code if isinstance(r, ErrorInfo) else "ok" for r in results] == [
-        "ok", "invalid_image", "empty_body", "ok", "image_too_large",
-    ]  # fmt: skip
-    assert results[0].probabilities[0] == 0.0 and results[3].probabilities[0] == 1.0  # rows go back to their images
-    ((stack,),) = model.predict.calls  # one model call for the whole request
-    assert stack.dtype == np.uint8 and stack.shape == (2, CONTRACT.input.height, CONTRACT.input.width)
-    np.testing.assert_array_equal(stack[0], decode_image(face_png, CONTRACT, max_pixels=10_000))
-
-
-def noise(size: int) -> bytes:
-    return encode(Image.fromarray(np.random.default_rng(size).integers(0, 256, (size, size), dtype=np.uint8)))
-
-
-def test_classify_judges_each_upload_by_its_size_and_sharpness(make: Any, face_png: bytes) -> None:
-    pre, model = make()
-    results = asyncio.run(pre.classify([noise(48), noise(12), face_png, noise(90)]))
-    assert all(isinstance(r, FaceScores) for r in results)
-    # 12 px upload: too small; a smooth gradient: no detail left at 48x48. No detection score: no weak_detection.
-    assert [r.unreadable for r in results] == [None, "too_small", "blurred", None]
-    assert len(model.predict.calls) == 1  # unreadable faces are still classified (their probabilities are kept)
-    lenient, _ = make(quality=QualityRule(min_face_px=0, min_sharpness=0))
-    assert [r.unreadable for r in asyncio.run(lenient.classify([noise(12), face_png]))] == [None, None]
-
-
 def test_analyze_carries_each_face_s_unreadable_reason(make: Any) -> None:
     pre, _ = make([Face((10.0, 10.0, 30.0, 30.0), 0.9), Face((50.0, 20.0, 20.0, 20.0), 0.5)])
     rgb = np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8)
     result = asyncio.run(pre.analyze(encode(Image.fromarray(rgb))))
     assert isinstance(result, FrameFaces) and result.reasons() == (None, "weak_detection")
-
-
-def test_classify_does_not_call_the_model_when_every_image_is_bad(make: Any) -> None:
-    pre, model = make()
-    results = asyncio.run(pre.classify([b"x", b"y"]))
-    assert [r.code for r in results] == ["invalid_image", "invalid_image"]
-    assert model.predict.calls == []
 
 
 def test_analyze_sends_all_faces_of_a_frame_in_one_call(make: Any) -> None:
