@@ -11,12 +11,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve import errors
 from serve.http.auth import check_api_key, presented_key
@@ -52,7 +53,7 @@ def create_app(state: ServiceState) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     _install_error_handlers(app, state)
-    _install_middleware(app, state)
+    app.add_middleware(ServiceMiddleware, state=state)
     return app
 
 
@@ -78,36 +79,57 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def _install_middleware(app: FastAPI, state: ServiceState) -> None:
-    settings, metrics = state.settings, state.metrics
+class ServiceMiddleware:
+    """Request id, auth, load shedding and metrics around every HTTP request (WebSockets pass through: the stream
+    route checks its own key and admission).
 
-    @app.middleware("http")
-    async def frame(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs the app in a task group
+    behind memory streams, a cost paid on every request of the single ingress event loop. A failure the app does
+    not answer itself reaches ServerErrorMiddleware outside this one (the 500 handler) and is counted as 500."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state, settings = self.state, self.state.settings
         start = time.perf_counter()
-        client_id = request.headers.get("x-request-id", "")
+        headers = Headers(scope=scope)
+        client_id = headers.get("x-request-id", "")
         rid = client_id if _SANE_REQUEST_ID.match(client_id) else uuid.uuid4().hex
-        request.state.request_id = rid
+        scope.setdefault("state", {})["request_id"] = rid  # what request.state.request_id reads
+        status = 500  # unless a response starts
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if state.echo_request_id:
+                    MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
         try:
-            if settings.auth_enabled and request.url.path not in _PUBLIC_PATHS:
-                check_api_key(presented_key(request.headers), state.key_digests)
-            # Own bound on top of Serve's queues: shed load at once instead of letting latency grow.
-            if state.ongoing >= settings.max_inflight_requests:
-                raise errors.Overloaded("the service is saturated; retry later")
-            if state.admission is not None and request.method == "POST" and request.url.path.startswith("/v1/"):
-                state.admission.check()  # cheap early 503: no routing, no body read
-        except errors.ServiceError as exc:
-            response: Response = error_response(exc, rid, state)
-        else:
-            state.ongoing += 1
-            metrics.ongoing.set(state.ongoing)
             try:
-                response = await call_next(request)
+                if settings.auth_enabled and scope["path"] not in _PUBLIC_PATHS:
+                    check_api_key(presented_key(headers), state.key_digests)
+                # Own bound on top of Serve's queues: shed load at once instead of letting latency grow.
+                if state.ongoing >= settings.max_inflight_requests:
+                    raise errors.Overloaded("the service is saturated; retry later")
+                if state.admission is not None and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+                    state.admission.check()  # cheap early 503: no routing, no body read
+            except errors.ServiceError as exc:
+                await error_response(exc, rid, state)(scope, receive, send_with_id)
+                return
+            # The ongoing gauge is re-set from this count every 2 s (Ingress: keep_gauges_exported); setting it
+            # here too would cost two metric records per request.
+            state.ongoing += 1
+            try:
+                await self.app(scope, receive, send_with_id)
             finally:
                 state.ongoing -= 1
-                metrics.ongoing.set(state.ongoing)
-        if state.echo_request_id:
-            response.headers["X-Request-ID"] = rid
-        route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-        metrics.requests.inc(tags={"route": route, "status": str(response.status_code)})
-        metrics.latency.observe((time.perf_counter() - start) * 1000.0, tags={"route": route})
-        return response
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            state.metrics.requests.inc(tags={"route": route, "status": str(status)})
+            state.metrics.latency.observe((time.perf_counter() - start) * 1000.0, tags={"route": route})

@@ -152,3 +152,45 @@ def test_load_shedding_returns_503_with_retry_after() -> None:
     assert resp.headers["retry-after"] == "3"
     state.ongoing = 0
     assert client.get("/v1/model").status_code == 200
+
+
+class Recorder:
+    """A metric that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, dict[str, str]]] = []
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        self.calls.append((value, tags or {}))
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+        self.calls.append((value, tags or {}))
+
+
+class Failing(InProcessPipeline):
+    async def classify(self, images: list[bytes]) -> list[np.ndarray | ErrorInfo]:
+        raise RuntimeError("a bug")
+
+
+def test_every_request_is_counted_by_route_template_and_status(face_png: bytes) -> None:
+    settings = load_settings(auth="on", api_keys="k1")
+    metrics = null_ingress_metrics()
+    metrics.requests, metrics.latency = Recorder(), Recorder()
+    state = ServiceState(
+        pipeline=Failing(settings), settings=settings, contract=CLF.contract, model_metrics={"a": 1},
+        metrics=metrics, key_digests=settings.key_digests(),
+    )  # fmt: skip
+    key = {"x-api-key": "k1"}
+    with TestClient(create_app(state), raise_server_exceptions=False) as c:
+        assert c.get("/v1/model", headers=key).status_code == 200
+        assert c.get("/no/such", headers=key).status_code == 404
+        assert c.get("/v1/model").status_code == 401  # refused before routing: no route template
+        resp = c.post("/v1/classify", content=face_png, headers={"content-type": "image/png", **key})
+        assert_error(resp, 500, "internal_error")  # the pipeline raised: still answered, still counted
+    assert [tags for _, tags in metrics.requests.calls] == [
+        {"route": "/v1/model", "status": "200"}, {"route": "unmatched", "status": "404"},
+        {"route": "unmatched", "status": "401"}, {"route": "/v1/classify", "status": "500"},
+    ]  # fmt: skip
+    assert [tags for _, tags in metrics.latency.calls] == [{"route": t["route"]} for _, t in metrics.requests.calls]
+    assert all(ms >= 0 for ms, _ in metrics.latency.calls)
+    assert state.ongoing == 0
