@@ -190,6 +190,20 @@ def _brief(row: Row) -> str:
     )
 
 
+def baseline_command(port: int, model_dir: Path, threads: int) -> list[str]:
+    """The plain single-process server (``loadtests.baseline_server``) on ``port``."""
+    return [sys.executable, "-m", "loadtests.baseline_server", "--port", str(port), "--model-dir", str(model_dir),
+            "--threads", str(threads)]  # fmt: skip
+
+
+def ray_env(port: int, metrics_port: int, model_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the graph runs under: its ports and model, Ray's metrics every second (batch sizes are read
+    from them), no usage stats; ``extra`` (a variant's variables) last."""
+    return {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(port), "EMOTION_METRICS_EXPORT_PORT": str(metrics_port),
+            "EMOTION_MODEL_DIR": str(model_dir), "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_metrics_report_interval_ms": "1000", **(extra or {})}  # fmt: skip
+
+
 def ray_command(explicit: str | None) -> list[str] | None:
     """The command that starts the Ray Serve graph: ``--ray-cmd``, else ``emotion serve`` when serve/ has it."""
     if explicit:
@@ -252,17 +266,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         specs.append(("noop", [py, "-m", "loadtests.baseline_server", "--noop", "--port", str(p)], p, {}, None))
     if "baseline" in targets:
         p = port()
-        base = [py, "-m", "loadtests.baseline_server", "--port", str(p), "--model-dir", str(args.model_dir),
-                "--threads", str(args.baseline_threads)]  # fmt: skip
-        specs.append(("baseline", base, p, {}, None))
+        specs.append(("baseline", baseline_command(p, args.model_dir, args.baseline_threads), p, {}, None))
     variants: list[tuple[str, dict[str, str]]] = [("ray", {})] if "ray" in targets else []
     variants += [parse_variant(v) for v in args.ray_variant]
     for name, extra_env in variants:
         p, mport = port(), port()
-        env = {"EMOTION_HOST": "127.0.0.1", "EMOTION_PORT": str(p), "EMOTION_METRICS_EXPORT_PORT": str(mport),
-               "EMOTION_MODEL_DIR": str(args.model_dir), "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_metrics_report_interval_ms": "1000", **extra_env}  # fmt: skip
-        specs.append((name, ray_command(args.ray_cmd), p, env, mport))
+        specs.append((name, ray_command(args.ray_cmd), p, ray_env(p, mport, args.model_dir, extra_env), mport))
 
     for name, cmd, p, env, metrics_port in specs:
         if cmd is None:
