@@ -7,6 +7,7 @@ are new modules under ``serve/http/routes/`` added to ``ROUTERS``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,6 +29,7 @@ logger = logging.getLogger("emotion.ingress")
 
 ROUTERS = (system.router, classify.router, frames.router, stream.router, demo.router)
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a request whose client left first; only ever a metric label
 _PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"})
 
 
@@ -100,7 +102,7 @@ class ServiceMiddleware:
         client_id = headers.get("x-request-id", "")
         rid = client_id if _SANE_REQUEST_ID.match(client_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid  # what request.state.request_id reads
-        status = 500  # unless a response starts
+        status: int | None = None  # the response's, once it starts
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -127,9 +129,13 @@ class ServiceMiddleware:
             state.ongoing += 1
             try:
                 await self.app(scope, receive, send_with_id)
+            except asyncio.CancelledError:
+                # The client went away before its answer started: not the service's error (an alert counts 5xx).
+                status = status or CLIENT_CLOSED_REQUEST
+                raise
             finally:
                 state.ongoing -= 1
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            state.metrics.requests.inc(tags={"route": route, "status": str(status)})
+            state.metrics.requests.inc(tags={"route": route, "status": str(status or 500)})
             state.metrics.latency.observe((time.perf_counter() - start) * 1000.0, tags={"route": route})

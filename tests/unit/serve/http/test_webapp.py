@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from serve.core.imaging import decode_image
 from serve.core.inference import OnnxClassifier
 from serve.errors import ErrorInfo, ServiceError
 from serve.http.state import ServiceState
-from serve.http.webapp import create_app
+from serve.http.webapp import ServiceMiddleware, create_app
 from serve.runtime.metrics import null_ingress_metrics
 from serve.runtime.settings import Settings, digest_key, load_settings
 from tests.conftest import encode
@@ -193,4 +194,23 @@ def test_every_request_is_counted_by_route_template_and_status(face_png: bytes) 
     ]  # fmt: skip
     assert [tags for _, tags in metrics.latency.calls] == [{"route": t["route"]} for _, t in metrics.requests.calls]
     assert all(ms >= 0 for ms, _ in metrics.latency.calls)
+    assert state.ongoing == 0
+
+
+def test_a_request_whose_client_left_is_counted_as_499_not_as_a_server_error() -> None:
+    settings = load_settings(auth="on", api_keys="k1")
+    metrics = null_ingress_metrics()
+    metrics.requests, metrics.latency = Recorder(), Recorder()
+    state = ServiceState(
+        pipeline=InProcessPipeline(settings), settings=settings, contract=CLF.contract, model_metrics={"a": 1},
+        metrics=metrics, key_digests=settings.key_digests(),
+    )  # fmt: skip
+
+    async def cancelled(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError  # what Serve does to a request task when its client disconnects
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": [(b"x-api-key", b"k1")]}
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(ServiceMiddleware(cancelled, state)(scope, None, None))  # type: ignore[arg-type]
+    assert [tags for _, tags in metrics.requests.calls] == [{"route": "unmatched", "status": "499"}]
     assert state.ongoing == 0
