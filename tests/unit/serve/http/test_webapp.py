@@ -173,14 +173,20 @@ class Failing(InProcessPipeline):
         raise RuntimeError("a bug")
 
 
-def test_every_request_is_counted_by_route_template_and_status(face_png: bytes) -> None:
+def recorded_state(pipeline: type[InProcessPipeline] = InProcessPipeline) -> tuple[ServiceState, Any]:
+    """A state whose request counter and latency histogram keep what they are given (API key ``k1``)."""
     settings = load_settings(auth="on", api_keys="k1")
     metrics = null_ingress_metrics()
     metrics.requests, metrics.latency = Recorder(), Recorder()
     state = ServiceState(
-        pipeline=Failing(settings), settings=settings, contract=CLF.contract, model_metrics={"a": 1},
+        pipeline=pipeline(settings), settings=settings, contract=CLF.contract, model_metrics={"a": 1},
         metrics=metrics, key_digests=settings.key_digests(),
     )  # fmt: skip
+    return state, metrics
+
+
+def test_every_request_is_counted_by_route_template_and_status(face_png: bytes) -> None:
+    state, metrics = recorded_state(Failing)
     key = {"x-api-key": "k1"}
     with TestClient(create_app(state), raise_server_exceptions=False) as c:
         assert c.get("/v1/model", headers=key).status_code == 200
@@ -198,13 +204,7 @@ def test_every_request_is_counted_by_route_template_and_status(face_png: bytes) 
 
 
 def test_a_request_whose_client_left_is_counted_as_499_not_as_a_server_error() -> None:
-    settings = load_settings(auth="on", api_keys="k1")
-    metrics = null_ingress_metrics()
-    metrics.requests, metrics.latency = Recorder(), Recorder()
-    state = ServiceState(
-        pipeline=InProcessPipeline(settings), settings=settings, contract=CLF.contract, model_metrics={"a": 1},
-        metrics=metrics, key_digests=settings.key_digests(),
-    )  # fmt: skip
+    state, metrics = recorded_state()
 
     async def cancelled(scope: Any, receive: Any, send: Any) -> None:
         raise asyncio.CancelledError  # what Serve does to a request task when its client disconnects
