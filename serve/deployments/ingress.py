@@ -76,7 +76,6 @@ class Ingress:
         contract = load_contract(settings.model_dir, require_onnx=False)
         configure_pillow(settings.max_image_pixels)
         self._uploads = UploadReader(contract, settings.max_image_pixels, quality_rule(settings))
-        self._num_classes = contract.num_classes
         self._state = ServiceState(
             pipeline=self, settings=settings, contract=contract, model_metrics=load_metrics(settings.model_dir),
             metrics=self._metrics, key_digests=key_digests, echo_request_id=False, admission=self._admission,
@@ -150,7 +149,7 @@ class Ingress:
         decoded = await asyncio.to_thread(self._uploads.read_all, images)
         self._metrics.stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "decode"})
         if not len(decoded.pixels):
-            return decoded.answer(np.zeros((0, self._num_classes), np.float32))  # nothing decoded: no model call
+            return decoded.answer(np.zeros((0, self._state.contract.num_classes), np.float32))  # no model call
         start = time.perf_counter()
         probs = await self._model.predict.remote(decoded.pixels)
         self._metrics.stage.observe((time.perf_counter() - start) * 1000.0, tags={"stage": "model_call"})

@@ -34,7 +34,7 @@ class Preprocessor:
         max_image_pixels: largest accepted width x height.
         detector: face detector settings for whole frames (``analyze``).
         threads: threads that decode frames and detect faces (EMOTION_PREPROCESS_THREADS).
-        quality: the unreadable rule (EMOTION_UNREADABLE_*; None: ``QualityRule()``).
+        quality: the unreadable rule for detected faces (EMOTION_UNREADABLE_*; None: ``QualityRule()``).
     """
 
     def __init__(
@@ -48,12 +48,9 @@ class Preprocessor:
     ) -> None:
         self._model = model
         self._contract = load_contract(model_dir, require_onnx=False)
-        self._max_pixels = max_image_pixels
         configure_pillow(max_image_pixels)
         self._stage = stage_histogram()
-        self._quality = quality or QualityRule()
-        self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels,
-                                     quality=self._quality)  # fmt: skip
+        self._frames = FrameAnalyzer(self._contract, CenterFaceDetector(detector), max_image_pixels, quality=quality)
         # Decode + detection release the GIL; a small pool keeps them off the event loop without oversubscribing.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="detect")
 
